@@ -1,0 +1,398 @@
+//! Image decoding for curate: formats, decompression-bomb limits, EXIF
+//! orientation, colour normalisation to upright 8-bit RGB.
+//!
+//! Every failure is classified with a short machine-readable reason
+//! ([`DecodeError::reason`]) so a stage records it and goes on.
+
+use std::io::Cursor;
+
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
+
+/// Limits that stop a decompression bomb before it allocates.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest width × height accepted (Pillow refuses above 178,956,970).
+    pub max_pixels: u64,
+    /// Largest single allocation the decoder may make, in bytes.
+    pub max_alloc: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pixels: 178_956_970,
+            max_alloc: 2 << 30,
+        }
+    }
+}
+
+/// Container formats curate accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Jpeg,
+    Png,
+    Webp,
+    Gif,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Jpeg => "jpeg",
+            Format::Png => "png",
+            Format::Webp => "webp",
+            Format::Gif => "gif",
+        }
+    }
+
+    fn image_format(self) -> ImageFormat {
+        match self {
+            Format::Jpeg => ImageFormat::Jpeg,
+            Format::Png => ImageFormat::Png,
+            Format::Webp => ImageFormat::WebP,
+            Format::Gif => ImageFormat::Gif,
+        }
+    }
+
+    /// File extensions (lowercase) that name this format.
+    pub fn from_extension(ext: &str) -> Option<Format> {
+        match ext.to_ascii_lowercase().as_str() {
+            "jpg" | "jpeg" | "jpe" | "jfif" => Some(Format::Jpeg),
+            "png" => Some(Format::Png),
+            "webp" => Some(Format::Webp),
+            "gif" => Some(Format::Gif),
+            _ => None,
+        }
+    }
+}
+
+/// Why an image could not be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("zero-byte file")]
+    Empty,
+    #[error("{format} data ends early: {detail}")]
+    Truncated {
+        format: &'static str,
+        detail: String,
+    },
+    #[error("not a decodable image: {detail}")]
+    Undecodable { detail: String },
+    #[error("{width}×{height} = {pixels} pixels exceeds the limit of {max_pixels} (decompression bomb?)", pixels = *width as u64 * *height as u64)]
+    TooLarge {
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
+    #[error("decoder refused to allocate: {detail}")]
+    AllocLimit { detail: String },
+    #[error("{format} images are not accepted (jpeg, png, webp, gif are)")]
+    Unsupported { format: String },
+}
+
+impl DecodeError {
+    /// The short reason recorded in shards.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            DecodeError::Truncated { .. } => "truncated",
+            DecodeError::Undecodable { .. } => "undecodable",
+            DecodeError::TooLarge { .. } | DecodeError::AllocLimit { .. } => "too_large",
+            DecodeError::Unsupported { .. } => "unsupported_format",
+        }
+    }
+}
+
+/// A decoded image, upright.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub format: Format,
+    /// Colour mode of the source: rgb8, rgba8, l8, la8, rgb16, rgba16, l16, la16, cmyk8, p8, rgb32f, rgba32f.
+    pub mode: &'static str,
+    /// EXIF orientation found (1..8) and already applied to `image`.
+    pub orientation: u8,
+    pub image: DynamicImage,
+}
+
+impl Decoded {
+    pub fn width(&self) -> u32 {
+        self.image.width()
+    }
+    pub fn height(&self) -> u32 {
+        self.image.height()
+    }
+    pub fn has_alpha(&self) -> bool {
+        self.image.color().has_alpha()
+    }
+    /// True when the source bytes can be used as they are by any consumer:
+    /// a JPEG/PNG/WebP in 8-bit RGB or grey, no alpha, no rotation.
+    pub fn is_plain(&self) -> bool {
+        matches!(self.format, Format::Jpeg | Format::Png | Format::Webp)
+            && matches!(self.mode, "rgb8" | "l8")
+            && self.orientation == 1
+    }
+}
+
+/// Detects the container format from the bytes (not the file name).
+pub fn detect_format(bytes: &[u8]) -> Result<Format, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    match image::guess_format(bytes) {
+        Ok(ImageFormat::Jpeg) => Ok(Format::Jpeg),
+        Ok(ImageFormat::Png) => Ok(Format::Png),
+        Ok(ImageFormat::WebP) => Ok(Format::Webp),
+        Ok(ImageFormat::Gif) => Ok(Format::Gif),
+        Ok(other) => Err(DecodeError::Unsupported {
+            format: format!("{other:?}").to_lowercase(),
+        }),
+        Err(_) => Err(DecodeError::Undecodable {
+            detail: format!("unrecognised file signature {}", signature(bytes)),
+        }),
+    }
+}
+
+fn signature(bytes: &[u8]) -> String {
+    let head: String = bytes[..bytes.len().min(8)]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(16)]);
+    if text.chars().all(|c| !c.is_control() || c.is_whitespace()) {
+        format!("{head} ({:?})", text.trim())
+    } else {
+        head
+    }
+}
+
+/// Decodes `bytes` (first frame of a GIF), checking limits before
+/// allocating, and applies the EXIF orientation.
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, DecodeError> {
+    let format = detect_format(bytes)?;
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
+    let mut lim = image::Limits::default();
+    lim.max_alloc = Some(limits.max_alloc);
+    reader.limits(lim);
+    let mut decoder = reader.into_decoder().map_err(|e| classify(format, e))?;
+    let (width, height) = decoder.dimensions();
+    if width as u64 * height as u64 > limits.max_pixels {
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            max_pixels: limits.max_pixels,
+        });
+    }
+    let mode = match format {
+        Format::Gif => "p8",
+        Format::Jpeg if jpeg_components(bytes) == Some(4) => "cmyk8",
+        _ => color_mode(decoder.color_type()),
+    };
+    let orientation = decoder.orientation().map(|o| o.to_exif()).unwrap_or(1);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| classify(format, e))?;
+    // zune-jpeg is lenient: it fills a cut-off scan with grey instead of failing.
+    if format == Format::Jpeg && jpeg_is_truncated(bytes) {
+        return Err(DecodeError::Truncated {
+            format: "jpeg",
+            detail: "no end-of-image marker after the last scan".into(),
+        });
+    }
+    if let Some(o) = Orientation::from_exif(orientation) {
+        image.apply_orientation(o);
+    }
+    Ok(Decoded {
+        format,
+        mode,
+        orientation,
+        image,
+    })
+}
+
+fn color_mode(c: image::ColorType) -> &'static str {
+    use image::ColorType::*;
+    match c {
+        L8 => "l8",
+        La8 => "la8",
+        Rgb8 => "rgb8",
+        Rgba8 => "rgba8",
+        L16 => "l16",
+        La16 => "la16",
+        Rgb16 => "rgb16",
+        Rgba16 => "rgba16",
+        Rgb32F => "rgb32f",
+        Rgba32F => "rgba32f",
+        _ => "other",
+    }
+}
+
+fn classify(format: Format, e: ImageError) -> DecodeError {
+    let fmt = format.as_str();
+    match e {
+        ImageError::Limits(l) => DecodeError::AllocLimit {
+            detail: l.to_string(),
+        },
+        ImageError::Unsupported(u) => DecodeError::Unsupported {
+            format: format!("{fmt} ({u})"),
+        },
+        ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            DecodeError::Truncated {
+                format: fmt,
+                detail: io.to_string(),
+            }
+        }
+        other => {
+            let detail = other.to_string();
+            let lower = detail.to_lowercase();
+            let truncated = [
+                "eof",
+                "end of",
+                "unexpected end",
+                "truncat",
+                "not enough data",
+                "no more data",
+                "insufficient",
+            ]
+            .iter()
+            .any(|p| lower.contains(p));
+            if truncated {
+                DecodeError::Truncated {
+                    format: fmt,
+                    detail,
+                }
+            } else {
+                DecodeError::Undecodable { detail }
+            }
+        }
+    }
+}
+
+/// Walks the JPEG marker segments up to the first frame header and
+/// returns its component count (4 = CMYK/YCCK).
+pub fn jpeg_components(bytes: &[u8]) -> Option<u8> {
+    let mut i = 2; // after SOI
+    while i + 4 <= bytes.len() {
+        if bytes[i] != 0xFF {
+            return None;
+        }
+        let marker = bytes[i + 1];
+        if marker == 0xFF {
+            i += 1;
+            continue;
+        }
+        let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
+        // SOF0..SOF15 except DHT (C4), JPG (C8), DAC (CC).
+        if (0xC0..=0xCF).contains(&marker) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+            return bytes.get(i + 9).copied();
+        }
+        if marker == 0xDA {
+            return None;
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+/// True when no end-of-image marker (FFD9) follows the last start-of-scan
+/// (FFDA). Inside entropy-coded data 0xFF is always stuffed (FF00) or a
+/// restart marker, so FFD9 there is the real end; an EXIF thumbnail's EOI
+/// comes before the main image's scans and does not count.
+pub fn jpeg_is_truncated(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    let last_eoi = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]);
+    match (last_sos, last_eoi) {
+        (Some(s), Some(e)) => e < s,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// Upright 8-bit RGB: alpha composited over white, 16-bit and float
+/// rounded to 8 bits, grey replicated.
+pub fn to_rgb8(image: &DynamicImage) -> RgbImage {
+    if !image.color().has_alpha() {
+        return image.to_rgb8();
+    }
+    let rgba = image.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut out = RgbImage::new(w, h);
+    for (o, p) in out.pixels_mut().zip(rgba.pixels()) {
+        let a = p[3] as u32;
+        for c in 0..3 {
+            // c·a + 255·(255−a), divided by 255 with rounding.
+            let v = p[c] as u32 * a + 255 * (255 - a);
+            o[c] = ((v + 127) / 255) as u8;
+        }
+    }
+    out
+}
+
+/// Encodes upright RGB as JPEG at `quality` (1–100).
+pub fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, ImageError> {
+    let mut out = Vec::new();
+    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+    image.write_with_encoder(enc)?;
+    Ok(out)
+}
+
+/// Encodes upright RGB as PNG.
+pub fn encode_png(image: &RgbImage) -> Result<Vec<u8>, ImageError> {
+    let mut out = Vec::new();
+    let enc = image::codecs::png::PngEncoder::new(&mut out);
+    image.write_with_encoder(enc)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, 90]));
+        encode_jpeg(&img, 90).unwrap()
+    }
+
+    #[test]
+    fn reasons() {
+        assert_eq!(
+            decode(&[], &Limits::default()).unwrap_err().reason(),
+            "empty"
+        );
+        let e = decode(b"<!doctype html><html>", &Limits::default()).unwrap_err();
+        assert_eq!(e.reason(), "undecodable");
+        assert!(e.to_string().contains("doctype"), "{e}");
+        let full = jpeg(64, 48);
+        assert!(!jpeg_is_truncated(&full));
+        let cut = &full[..full.len() * 2 / 3];
+        assert_eq!(
+            decode(cut, &Limits::default()).unwrap_err().reason(),
+            "truncated"
+        );
+        let small = Limits {
+            max_pixels: 1000,
+            ..Limits::default()
+        };
+        let e = decode(&full, &small).unwrap_err();
+        assert_eq!(e.reason(), "too_large");
+        assert!(e.to_string().contains("64×48"), "{e}");
+    }
+
+    #[test]
+    fn jpeg_header_facts() {
+        let j = jpeg(10, 10);
+        assert_eq!(jpeg_components(&j), Some(3));
+        let d = decode(&j, &Limits::default()).unwrap();
+        assert_eq!((d.format, d.mode, d.orientation), (Format::Jpeg, "rgb8", 1));
+        assert!(d.is_plain());
+    }
+
+    #[test]
+    fn alpha_over_white() {
+        let mut img = image::RgbaImage::new(2, 1);
+        img.put_pixel(0, 0, image::Rgba([0, 0, 0, 0]));
+        img.put_pixel(1, 0, image::Rgba([0, 100, 200, 128]));
+        let rgb = to_rgb8(&DynamicImage::ImageRgba8(img));
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
+        // 0·128/255 + 255·127/255 = 127; 100·128/255 + 127 = 177.2; 200·128/255 + 127 = 227.4
+        assert_eq!(rgb.get_pixel(1, 0).0, [127, 177, 227]);
+    }
+}

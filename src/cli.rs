@@ -1,0 +1,191 @@
+//! Command-line definitions: one subcommand per stage.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "curate",
+    version,
+    about = "Turn lists of copyright-cleared image URLs into training-ready data for text-to-image diffusion models",
+    long_about = None,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Progress display: bars on a terminal, log lines otherwise.
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Bar,
+    Log,
+    None,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Ingest a local folder of images into image shards.
+    Ingest(IngestArgs),
+    /// Download URL lists (Megalith-10m parquet) into image shards. [not built yet: issue #3]
+    Fetch(NotBuiltArgs),
+    /// CLIP image embeddings through ONNX Runtime. [not built yet: issue #4]
+    Embed(NotBuiltArgs),
+    /// Iterative partitioned DBSCAN dedup on CLIP embeddings. [not built yet: issue #5]
+    Dedup(NotBuiltArgs),
+    /// Florence-2 captions through ONNX Runtime. [not built yet: issue #7]
+    Caption(NotBuiltArgs),
+    /// Aesthetic scores into quality tags. [not built yet: issue #8]
+    Score(NotBuiltArgs),
+    /// Resize/crop into buckets and encode FLUX-VAE latents. [not built yet: issue #9]
+    EncodeLatents(NotBuiltArgs),
+    /// Train the oboro DiT with I-CFM on latent shards. [not built yet: issue #10]
+    Train(NotBuiltArgs),
+    /// Sample images from a trained DiT. [not built yet: issue #10]
+    Sample(NotBuiltArgs),
+    /// Static HTML report of a run. [not built yet: issue #6]
+    Report(NotBuiltArgs),
+    /// Run a pipeline file's stages in order, skipping complete ones.
+    Run(RunArgs),
+    /// Per-stage progress of a work directory, from the manifests.
+    Status(StatusArgs),
+    /// What this machine offers: ONNX Runtime, execution providers, candle devices.
+    Doctor(DoctorArgs),
+    /// Install the pinned ONNX Runtime wheel into the project-local folder.
+    Setup(SetupArgs),
+}
+
+impl Command {
+    /// The issue that will build a stage that is not built yet.
+    pub fn not_built(&self) -> Option<(&'static str, u32)> {
+        Some(match self {
+            Command::Fetch(_) => ("fetch", 3),
+            Command::Embed(_) => ("embed", 4),
+            Command::Dedup(_) => ("dedup", 5),
+            Command::Caption(_) => ("caption", 7),
+            Command::Score(_) => ("score", 8),
+            Command::EncodeLatents(_) => ("encode-latents", 9),
+            Command::Train(_) => ("train", 10),
+            Command::Sample(_) => ("sample", 10),
+            Command::Report(_) => ("report", 6),
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct NotBuiltArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub args: Vec<String>,
+}
+
+/// Which shards this process writes.
+#[derive(Debug, Clone, Args)]
+pub struct ShardArgs {
+    /// This task's index among --num-shards tasks [default: $SLURM_ARRAY_TASK_ID − $SLURM_ARRAY_TASK_MIN, else 0].
+    #[arg(long, value_name = "I")]
+    pub shard_index: Option<u32>,
+    /// Number of tasks sharing the work; task I writes shards s with s mod N = I [default: $SLURM_ARRAY_TASK_COUNT, else 1].
+    #[arg(long, value_name = "N")]
+    pub num_shards: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorePolicy {
+    /// Keep source bytes for plain JPEG/PNG/WebP (8-bit RGB or grey, upright); re-encode the rest.
+    Auto,
+    /// Always keep the source bytes.
+    Original,
+    /// Always store upright 8-bit RGB, re-encoded (JPEG sources as JPEG, others as PNG).
+    Reencoded,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Folder of images (jpg, png, webp, gif; searched recursively).
+    pub input: PathBuf,
+    /// Stage directory to write (manifest, journal, part-NNNNN.parquet).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Images per output shard.
+    #[arg(long, default_value_t = 1000)]
+    pub shard_size: u32,
+    /// What the `bytes` column holds.
+    #[arg(long, value_enum, default_value_t = StorePolicy::Auto)]
+    pub store: StorePolicy,
+    /// Largest width × height decoded; larger images are recorded as `too_large`.
+    #[arg(long, default_value_t = 178_956_970)]
+    pub max_pixels: u64,
+    /// JPEG quality when re-encoding a JPEG source.
+    #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub jpeg_quality: u8,
+    /// Decoding threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Discard this directory's previous output if it was made with another configuration.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub shards: ShardArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Pipeline file (TOML); see pipelines/demo.toml.
+    pub pipeline: PathBuf,
+    /// Work directory for the stage outputs [default: the file's `work_dir`].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Run only these stages (by name).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Pass --overwrite to every stage.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A work directory (holding stage directories) or one stage directory.
+    pub dir: PathBuf,
+    /// Also check each complete shard's parquet footer.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Install onnxruntime-gpu (CUDA execution provider) instead of the CPU wheel.
+    #[arg(long)]
+    pub gpu: bool,
+    /// Install folder [default: $CURATE_HOME, else .curate in the curate checkout].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Python interpreter whose pip installs the wheel.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Reinstall even when the pinned version is present.
+    #[arg(long)]
+    pub force: bool,
+}

@@ -1,0 +1,431 @@
+//! `curate ingest DIR`: a local folder of images → image shards.
+//!
+//! Files are listed recursively (jpg, jpeg, png, webp, gif by extension;
+//! the content decides the format), sorted by relative path and cut into
+//! shards of `--shard-size`. Each file is read, hashed, fully decoded with
+//! decompression-bomb limits and EXIF orientation applied; failures are
+//! recorded with their reason and the run goes on. When every shard is
+//! complete, exact duplicates (same sha256) are listed in
+//! `exact_duplicates.parquet`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use arrow_array::{Array, RecordBatch, StringArray};
+use curate_core::hash::{sha256_hex, Fingerprint};
+use curate_core::record::{record_key, ImageRecord, Status, Stored};
+use curate_core::split::ShardSplit;
+use curate_core::stage::{Inputs, Opened, ShardRecord, ShardState, StageDir, StageSpec};
+use curate_io::{images, ShardOptions, ShardWriter};
+use curate_vision::{Format, Limits};
+use rayon::prelude::*;
+
+use super::StageSummary;
+use crate::cli::{IngestArgs, StorePolicy};
+use crate::progress::{peak_rss_bytes, Progress};
+
+pub const DUPLICATES_FILE: &str = "exact_duplicates.parquet";
+/// Rows decoded in parallel and written as one row group.
+const BATCH_ROWS: usize = 64;
+
+/// One input file.
+struct Input {
+    rel: String,
+    path: PathBuf,
+}
+
+pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
+    let split = ShardSplit::from_env(args.shards.shard_index, args.shards.num_shards)?;
+    if args.shard_size == 0 {
+        bail!("--shard-size must be at least 1");
+    }
+    let root = args
+        .input
+        .canonicalize()
+        .with_context(|| format!("input folder {}", args.input.display()))?;
+    if !root.is_dir() {
+        bail!("input {} is not a folder", root.display());
+    }
+    let (files, ignored) = list_images(&root)?;
+    if files.is_empty() {
+        bail!(
+            "no images (jpg, jpeg, png, webp, gif) under {} ({ignored} other files)",
+            root.display()
+        );
+    }
+    let mut fp = Fingerprint::new();
+    for f in &files {
+        fp.add(f.rel.as_bytes());
+        let len = std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0);
+        fp.add(&len.to_le_bytes());
+    }
+    let num_shards = files.len().div_ceil(args.shard_size as usize) as u32;
+    let spec = StageSpec {
+        stage: "ingest".into(),
+        schema: "images".into(),
+        config: serde_json::json!({
+            "shard_size": args.shard_size,
+            "store": args.store,
+            "max_pixels": args.max_pixels,
+            "jpeg_quality": args.jpeg_quality,
+        }),
+        inputs: Inputs {
+            kind: "directory".into(),
+            location: root.display().to_string(),
+            items: files.len() as u64,
+            fingerprint: fp.finish(),
+            shards: Vec::new(),
+        },
+        num_shards,
+    };
+    let (mut stage, opened) = StageDir::open(&args.output, &spec, args.overwrite)?;
+    match opened {
+        Opened::Created => tracing::debug!("ingest: new stage at {}", args.output.display()),
+        Opened::Resumed => tracing::debug!("ingest: resuming {}", args.output.display()),
+        Opened::Overwritten => tracing::warn!(
+            "ingest: discarded the previous output of {} (--overwrite)",
+            args.output.display()
+        ),
+    }
+    if ignored > 0 {
+        tracing::info!("ingest: {ignored} files without an image extension ignored");
+    }
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build()
+        .context("decoder thread pool")?;
+    let limits = Limits {
+        max_pixels: args.max_pixels,
+        ..Limits::default()
+    };
+    let table = images::table();
+    let check = |path: &Path, rec: &ShardRecord| {
+        curate_io::verify_shard(path, table, Some(rec.records))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+
+    let owned: Vec<u32> = split.owned(num_shards).collect();
+    let owned_items: u64 = owned
+        .iter()
+        .map(|&s| shard_range(s, args.shard_size, files.len()).len() as u64)
+        .sum();
+    let mut progress = Progress::new("ingest", owned_items);
+    let mut summary = StageSummary {
+        shards_total: num_shards,
+        ..Default::default()
+    };
+    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let stall_after = test_stall_after_rows();
+    let mut rows_this_run = 0u64;
+
+    for &shard in &owned {
+        let range = shard_range(shard, args.shard_size, files.len());
+        match stage.shard_state(shard, check)? {
+            ShardState::Complete(rec) => {
+                summary.shards_skipped += 1;
+                summary.records += rec.records;
+                summary.failures += rec.failures;
+                progress.inc(range.len() as u64);
+                continue;
+            }
+            ShardState::Corrupt(why) => {
+                tracing::warn!("ingest: shard {shard} is damaged ({why}); redoing it")
+            }
+            ShardState::Missing => {}
+        }
+        let started = Instant::now();
+        stage.begin_shard(shard)?;
+        let dest = stage.shard_path(shard);
+        let mut writer = ShardWriter::create(
+            table,
+            images::arrow_schema(),
+            &stage.tmp_path(shard),
+            &dest,
+            &ShardOptions {
+                row_group_rows: BATCH_ROWS,
+                ..ShardOptions::default()
+            },
+        )?;
+        let mut failures = 0u64;
+        let mut shard_reasons: BTreeMap<String, u64> = BTreeMap::new();
+        for chunk in files[range.clone()].chunks(BATCH_ROWS) {
+            let records: Vec<ImageRecord> = pool.install(|| {
+                chunk
+                    .par_iter()
+                    .map(|f| ingest_one(f, args, &limits))
+                    .collect()
+            });
+            for r in &records {
+                if let Some(reason) = &r.reason {
+                    failures += 1;
+                    *shard_reasons.entry(reason.clone()).or_default() += 1;
+                }
+            }
+            let batch = images::to_batch(&records).context("building an images batch")?;
+            writer.write(&batch)?;
+            writer.flush()?;
+            progress.inc(records.len() as u64);
+            rows_this_run += records.len() as u64;
+            if stall_after.is_some_and(|n| rows_this_run >= n) {
+                stall(rows_this_run);
+            }
+        }
+        let (records, bytes) = writer.finish()?;
+        let duration_s = started.elapsed().as_secs_f64();
+        stage.commit_shard(ShardRecord {
+            shard,
+            file: StageDir::shard_name(shard),
+            records,
+            failures,
+            reasons: shard_reasons.clone(),
+            bytes,
+            duration_s,
+            inputs: vec![
+                files[range.start].rel.clone(),
+                files[range.end - 1].rel.clone(),
+            ],
+            completed_unix: 0,
+            host: None,
+            slurm_job: None,
+        })?;
+        progress.event(&format!(
+            "ingest: shard {shard} complete: {records} images, {failures} failed, {:.1} images/s",
+            records as f64 / duration_s.max(1e-9)
+        ));
+        for (k, v) in shard_reasons {
+            *reasons.entry(k).or_default() += v;
+        }
+        summary.shards_written += 1;
+        summary.records += records;
+        summary.failures += failures;
+    }
+    progress.finish();
+
+    let manifest = stage.consolidate(&[])?.clone();
+    if manifest.complete {
+        let dup_path = stage.dir().join(DUPLICATES_FILE);
+        if summary.shards_written > 0 || !dup_path.exists() {
+            let n = write_exact_duplicates(&stage, &dup_path)?;
+            tracing::info!(
+                "ingest: {n} exact duplicates listed in {}",
+                dup_path.display()
+            );
+        }
+        stage.consolidate(&[DUPLICATES_FILE.to_string()])?;
+    }
+
+    let elapsed = progress.elapsed().as_secs_f64();
+    let written_items = rows_this_run;
+    let reason_list = reasons
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if summary.shards_written == 0 && summary.shards_skipped as usize == owned.len() {
+        tracing::info!(
+            "ingest: all {} shards of this task already complete; nothing to do",
+            owned.len()
+        );
+    } else {
+        tracing::info!(
+            "ingest: {} shards written, {} skipped; {written_items} images in {elapsed:.2} s ({:.1} images/s), peak RSS {:.1} MiB{}",
+            summary.shards_written,
+            summary.shards_skipped,
+            written_items as f64 / elapsed.max(1e-9),
+            peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
+            if reason_list.is_empty() {
+                String::new()
+            } else {
+                format!("; failures: {reason_list}")
+            }
+        );
+    }
+    Ok(summary)
+}
+
+fn shard_range(shard: u32, size: u32, total: usize) -> std::ops::Range<usize> {
+    let start = shard as usize * size as usize;
+    start..(start + size as usize).min(total)
+}
+
+/// Image files under `root`, sorted by relative path, and the count of
+/// other files. Symbolic links are not followed.
+fn list_images(root: &Path) -> anyhow::Result<(Vec<Input>, u64)> {
+    let mut files = Vec::new();
+    let mut ignored = 0u64;
+    for entry in walkdir::WalkDir::new(root).follow_links(false) {
+        let entry = entry.with_context(|| format!("listing {}", root.display()))?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let path = entry.path();
+        let is_image = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .and_then(Format::from_extension)
+            .is_some();
+        if !is_image {
+            ignored += 1;
+            continue;
+        }
+        let rel = path
+            .strip_prefix(root)
+            .expect("walkdir yields paths under its root")
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        files.push(Input {
+            rel,
+            path: path.to_path_buf(),
+        });
+    }
+    files.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok((files, ignored))
+}
+
+/// One file → one record. Never fails: every problem becomes a reason.
+fn ingest_one(input: &Input, args: &IngestArgs, limits: &Limits) -> ImageRecord {
+    let key = record_key(&format!("file:{}", input.rel));
+    let bytes = match std::fs::read(&input.path) {
+        Ok(b) => b,
+        Err(e) => {
+            return ImageRecord::failed(key, input.rel.clone(), "io", format!("reading: {e}"), 0)
+        }
+    };
+    let sha = sha256_hex(&bytes);
+    let file_size = bytes.len() as u64;
+    let decoded = match curate_vision::decode(&bytes, limits) {
+        Ok(d) => d,
+        Err(e) => {
+            let mut r =
+                ImageRecord::failed(key, input.rel.clone(), e.reason(), e.to_string(), file_size);
+            r.format = curate_vision::detect_format(&bytes)
+                .ok()
+                .map(|f| f.as_str().to_string());
+            r.sha256 = Some(sha);
+            return r;
+        }
+    };
+    let keep_original = match args.store {
+        StorePolicy::Original => true,
+        StorePolicy::Auto => decoded.is_plain(),
+        StorePolicy::Reencoded => false,
+    };
+    let (stored, stored_format, out) = if keep_original {
+        (Stored::Original, decoded.format, bytes)
+    } else {
+        let rgb = curate_vision::to_rgb8(&decoded.image);
+        let encoded = if decoded.format == Format::Jpeg {
+            curate_vision::encode_jpeg(&rgb, args.jpeg_quality).map(|b| (Format::Jpeg, b))
+        } else {
+            curate_vision::encode_png(&rgb).map(|b| (Format::Png, b))
+        };
+        match encoded {
+            Ok((fmt, b)) => (Stored::Reencoded, fmt, b),
+            Err(e) => {
+                let mut r = ImageRecord::failed(
+                    key,
+                    input.rel.clone(),
+                    "undecodable",
+                    format!("re-encoding failed: {e}"),
+                    file_size,
+                );
+                r.sha256 = Some(sha);
+                return r;
+            }
+        }
+    };
+    ImageRecord {
+        key,
+        source: input.rel.clone(),
+        status: Status::Ok,
+        reason: None,
+        error: None,
+        format: Some(decoded.format.as_str().to_string()),
+        mode: Some(decoded.mode.to_string()),
+        width: Some(decoded.width()),
+        height: Some(decoded.height()),
+        orientation: Some(decoded.orientation),
+        file_size,
+        sha256: Some(sha),
+        stored: Some(stored),
+        stored_format: Some(stored_format.as_str().to_string()),
+        bytes: Some(out),
+    }
+}
+
+/// Lists records whose source bytes equal an earlier record's (input
+/// order: shard, then row). Reads only the key, sha256 and status columns.
+pub fn write_exact_duplicates(stage: &StageDir, dest: &Path) -> anyhow::Result<usize> {
+    let images = images::table();
+    let mut first: HashMap<String, String> = HashMap::new();
+    let (mut keys, mut shas, mut canon) = (Vec::new(), Vec::new(), Vec::new());
+    for shard in 0..stage.num_shards() {
+        let batches = curate_io::read_columns(
+            &stage.shard_path(shard),
+            images,
+            Some(&["key", "status", "sha256"]),
+        )?;
+        for b in batches {
+            let col = |n: &str| {
+                b.column_by_name(n)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .cloned()
+                    .with_context(|| format!("column `{n}`"))
+            };
+            let (key, status, sha) = (col("key")?, col("status")?, col("sha256")?);
+            for i in 0..b.num_rows() {
+                if status.value(i) != "ok" || !sha.is_valid(i) {
+                    continue;
+                }
+                let s = sha.value(i);
+                match first.get(s) {
+                    Some(c) => {
+                        keys.push(key.value(i).to_string());
+                        shas.push(s.to_string());
+                        canon.push(c.clone());
+                    }
+                    None => {
+                        first.insert(s.to_string(), key.value(i).to_string());
+                    }
+                }
+            }
+        }
+    }
+    let table = curate_core::schema::get("exact_duplicates")?;
+    let schema = curate_io::default_schema(table)?;
+    let n = keys.len();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            std::sync::Arc::new(StringArray::from(keys)),
+            std::sync::Arc::new(StringArray::from(shas)),
+            std::sync::Arc::new(StringArray::from(canon)),
+        ],
+    )?;
+    curate_io::write_table(table, dest, &[batch], schema)?;
+    Ok(n)
+}
+
+/// Test hook: `CURATE_TEST_STALL_AFTER_ROWS=N` makes the process stop
+/// making progress once N rows of this run are on disk (mid-shard, its
+/// temporary file half written), so a test can SIGKILL it at a known point
+/// without sleeping.
+fn test_stall_after_rows() -> Option<u64> {
+    std::env::var("CURATE_TEST_STALL_AFTER_ROWS")
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn stall(rows: u64) -> ! {
+    eprintln!("curate: test hook: stalled after {rows} rows");
+    loop {
+        std::thread::park();
+    }
+}

@@ -1,0 +1,35 @@
+//! One file per command.
+
+mod doctor;
+pub mod ingest;
+pub mod run;
+mod setup;
+mod status;
+
+use anyhow::bail;
+
+use crate::cli::{Cli, Command};
+
+/// What a stage did, for the runner and the closing log line.
+#[derive(Debug, Default, Clone)]
+pub struct StageSummary {
+    pub shards_total: u32,
+    pub shards_written: u32,
+    pub shards_skipped: u32,
+    pub records: u64,
+    pub failures: u64,
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if let Some((name, issue)) = cli.command.not_built() {
+        bail!("`curate {name}` is not built yet (issue #{issue}); see `curate --help` for the stages that are");
+    }
+    match cli.command {
+        Command::Ingest(args) => ingest::run(&args).map(|_| ()),
+        Command::Run(args) => run::run(&args),
+        Command::Status(args) => status::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
+        Command::Setup(args) => setup::run(&args),
+        _ => unreachable!("not-built stages handled above"),
+    }
+}

@@ -1,0 +1,277 @@
+//! `curate run PIPELINE.toml`: the listed stages in order, in-process.
+//!
+//! A pipeline file is the same settings as the command line, written down:
+//! each `[[stage]]` table becomes that subcommand's flags (`key = value` →
+//! `--key value`, `true` → `--key`, arrays → repeated), so a stage behaves
+//! identically from a pipeline and from the shell. Relative paths in the
+//! file (`input`, and values starting with `./` or `../`) are relative to
+//! the file's folder; `input = "@name"` is the output of stage `name`.
+//! Stages whose shards are all complete are skipped shard by shard, so a
+//! rerun after a crash continues where it stopped.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::cli::{Cli, Command, RunArgs};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    pipeline: PipelineHeader,
+    #[serde(default)]
+    stage: Vec<StageTable>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineHeader {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    /// Relative to the pipeline file's folder.
+    work_dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+struct StageTable {
+    /// The subcommand (`ingest`, `fetch`, …).
+    run: String,
+    /// Output folder name under the work directory [default: `run`].
+    name: Option<String>,
+    /// The stage's positional input.
+    input: Option<String>,
+    /// Everything else: the subcommand's flags.
+    #[serde(flatten)]
+    flags: toml::Table,
+}
+
+pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.pipeline)
+        .with_context(|| format!("reading pipeline {}", args.pipeline.display()))?;
+    let file: PipelineFile = toml::from_str(&text)
+        .with_context(|| format!("pipeline {} is not valid", args.pipeline.display()))?;
+    let base = args
+        .pipeline
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
+    let work = match &args.work_dir {
+        Some(w) => w.clone(),
+        None => base.join(&file.pipeline.work_dir),
+    };
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    if file.stage.is_empty() {
+        bail!("pipeline {} lists no [[stage]]", args.pipeline.display());
+    }
+    let mut names = std::collections::HashSet::new();
+    for s in &file.stage {
+        let name = s.name.clone().unwrap_or_else(|| s.run.clone());
+        if !names.insert(name.clone()) {
+            bail!(
+                "pipeline {}: two stages named `{name}` (set `name`)",
+                args.pipeline.display()
+            );
+        }
+    }
+    for o in &args.only {
+        if !names.contains(o) {
+            bail!("--only {o}: no such stage in {}", args.pipeline.display());
+        }
+    }
+
+    let started = Instant::now();
+    tracing::info!(
+        "pipeline {}{}: {} stages into {}",
+        file.pipeline.name,
+        file.pipeline
+            .description
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default(),
+        file.stage.len(),
+        work.display()
+    );
+    let total = file.stage.len();
+    for (i, stage) in file.stage.iter().enumerate() {
+        let name = stage.name.clone().unwrap_or_else(|| stage.run.clone());
+        if !args.only.is_empty() && !args.only.contains(&name) {
+            continue;
+        }
+        let out = work.join(&name);
+        let argv = stage_argv(stage, &base, &work, &out, args.overwrite)?;
+        tracing::debug!("stage {name}: {}", argv.join(" "));
+        let cli = Cli::try_parse_from(&argv).map_err(|e| {
+            anyhow::anyhow!(
+                "pipeline {}, stage `{name}`: {}",
+                args.pipeline.display(),
+                e.to_string().trim_end()
+            )
+        })?;
+        if let Some((cmd, issue)) = cli.command.not_built() {
+            bail!("stage `{name}`: `curate {cmd}` is not built yet (issue #{issue})");
+        }
+        let t = Instant::now();
+        let summary = match &cli.command {
+            Command::Ingest(a) => super::ingest::run(a),
+            _ => bail!("stage `{name}`: `{}` is not a pipeline stage", stage.run),
+        }
+        .with_context(|| format!("stage `{name}` ({})", stage.run))?;
+        let what = if summary.shards_written == 0 {
+            format!(
+                "already complete ({} shards), skipped",
+                summary.shards_total
+            )
+        } else {
+            format!(
+                "{} shards written, {} already complete",
+                summary.shards_written, summary.shards_skipped
+            )
+        };
+        tracing::info!(
+            "[{}/{total}] {name} → {}: {what}; {} records, {} failed ({:.1} s)",
+            i + 1,
+            out.display(),
+            summary.records,
+            summary.failures,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    tracing::info!(
+        "pipeline {} done in {:.1} s; see `curate status {}`",
+        file.pipeline.name,
+        started.elapsed().as_secs_f64(),
+        work.display()
+    );
+    Ok(())
+}
+
+/// The command line a stage table stands for.
+fn stage_argv(
+    stage: &StageTable,
+    base: &Path,
+    work: &Path,
+    out: &Path,
+    overwrite: bool,
+) -> anyhow::Result<Vec<String>> {
+    let mut argv = vec!["curate".to_string(), stage.run.clone()];
+    if let Some(input) = &stage.input {
+        let path = match input.strip_prefix('@') {
+            Some(upstream) => work.join(upstream),
+            None => base.join(input),
+        };
+        argv.push(path.display().to_string());
+    }
+    argv.extend([
+        "--output".into(),
+        out.display().to_string(),
+        // The local executor runs every shard in this process, whatever
+        // Slurm variables the environment holds.
+        "--shard-index".into(),
+        "0".into(),
+        "--num-shards".into(),
+        "1".into(),
+    ]);
+    if overwrite {
+        argv.push("--overwrite".into());
+    }
+    for (key, value) in &stage.flags {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let mut push = |v: &toml::Value| -> anyhow::Result<()> {
+            match v {
+                toml::Value::Boolean(true) => argv.push(flag.clone()),
+                toml::Value::Boolean(false) => {}
+                toml::Value::String(s) => {
+                    argv.push(flag.clone());
+                    argv.push(if s.starts_with("./") || s.starts_with("../") {
+                        base.join(s).display().to_string()
+                    } else {
+                        s.clone()
+                    });
+                }
+                toml::Value::Integer(n) => {
+                    argv.push(flag.clone());
+                    argv.push(n.to_string());
+                }
+                toml::Value::Float(x) => {
+                    argv.push(flag.clone());
+                    argv.push(x.to_string());
+                }
+                other => bail!("`{key}`: unsupported value {other}"),
+            }
+            Ok(())
+        };
+        match value {
+            toml::Value::Array(items) => {
+                for v in items {
+                    push(v)?;
+                }
+            }
+            v => push(v)?,
+        }
+    }
+    Ok(argv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_become_flags() {
+        let t: PipelineFile = toml::from_str(
+            r#"
+            [pipeline]
+            name = "t"
+            work_dir = "../work/t"
+            [[stage]]
+            run = "ingest"
+            name = "images"
+            input = "../fixtures/images"
+            shard_size = 8
+            overwrite = false
+            store = "auto"
+            [[stage]]
+            run = "embed"
+            input = "@images"
+            model = "./models/clip"
+            "#,
+        )
+        .unwrap();
+        let base = Path::new("pipelines");
+        let work = Path::new("work/t");
+        let a = stage_argv(&t.stage[0], base, work, &work.join("images"), false).unwrap();
+        assert_eq!(
+            a,
+            [
+                "curate",
+                "ingest",
+                "pipelines/../fixtures/images",
+                "--output",
+                "work/t/images",
+                "--shard-index",
+                "0",
+                "--num-shards",
+                "1",
+                "--shard-size",
+                "8",
+                "--store",
+                "auto"
+            ]
+        );
+        let b = stage_argv(&t.stage[1], base, work, &work.join("embed"), true).unwrap();
+        assert_eq!(&b[2], "work/t/images");
+        assert!(b.contains(&"--overwrite".to_string()));
+        assert!(b
+            .windows(2)
+            .any(|w| w == ["--model", "pipelines/./models/clip"]));
+    }
+}

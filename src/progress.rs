@@ -1,0 +1,122 @@
+//! Logging and progress: indicatif bars on a terminal, plain `tracing`
+//! lines otherwise (Slurm logs, CI, pipes).
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{GlobalArgs, ProgressMode};
+
+static MODE: std::sync::OnceLock<ProgressMode> = std::sync::OnceLock::new();
+
+pub fn init_logging(global: &GlobalArgs) {
+    let level = match (global.quiet, global.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("CURATE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},ort=warn")));
+    let ansi = std::io::stderr().is_terminal();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .try_init();
+    let mode = match global.progress {
+        ProgressMode::Auto if ansi && !global.quiet => ProgressMode::Bar,
+        ProgressMode::Auto if global.quiet => ProgressMode::None,
+        ProgressMode::Auto => ProgressMode::Log,
+        m => m,
+    };
+    let _ = MODE.set(mode);
+}
+
+/// Progress of one stage over a known number of items.
+pub struct Progress {
+    stage: String,
+    bar: Option<ProgressBar>,
+    total: u64,
+    done: u64,
+    start: Instant,
+    last_log: Instant,
+    log: bool,
+}
+
+impl Progress {
+    pub fn new(stage: &str, total: u64) -> Self {
+        let mode = *MODE.get().unwrap_or(&ProgressMode::Log);
+        let bar = (mode == ProgressMode::Bar).then(|| {
+            let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:>8} [{bar:30}] {pos}/{len} {per_sec:>12} ETA {eta} {msg}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            b.set_prefix(stage.to_string());
+            b
+        });
+        Progress {
+            stage: stage.to_string(),
+            bar,
+            total,
+            done: 0,
+            start: Instant::now(),
+            last_log: Instant::now(),
+            log: mode == ProgressMode::Log,
+        }
+    }
+
+    /// Items done; logs at most every 10 s in log mode.
+    pub fn inc(&mut self, n: u64) {
+        self.done += n;
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        } else if self.log && self.last_log.elapsed() >= Duration::from_secs(10) {
+            self.last_log = Instant::now();
+            tracing::info!(
+                "{}: {}/{} images, {:.1} images/s",
+                self.stage,
+                self.done,
+                self.total,
+                self.rate()
+            );
+        }
+    }
+
+    /// A one-line event (shard done, shard skipped) without tearing the bar.
+    pub fn event(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.suspend(|| tracing::debug!("{line}")),
+            None => tracing::info!("{line}"),
+        }
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.done as f64 / self.start.elapsed().as_secs_f64().max(1e-9)
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

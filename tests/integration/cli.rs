@@ -1,0 +1,198 @@
+//! Command-line behaviour: exit codes, unbuilt stages, doctor, status, run.
+
+use crate::common::*;
+
+#[test]
+fn usage_errors_exit_2_and_help_exits_0() {
+    let r = run(curate().arg("ingest"));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("INPUT"), "{}", r.stderr);
+    let r = run(curate().arg("no-such-command"));
+    assert_eq!(r.code, 2);
+    let r = run(curate().arg("--help"));
+    assert_eq!(r.code, 0);
+    for stage in [
+        "ingest",
+        "fetch",
+        "embed",
+        "dedup",
+        "caption",
+        "score",
+        "encode-latents",
+        "train",
+        "sample",
+        "report",
+        "run",
+        "status",
+        "doctor",
+    ] {
+        assert!(
+            r.stdout.contains(stage),
+            "--help lacks {stage}:\n{}",
+            r.stdout
+        );
+    }
+}
+
+#[test]
+fn unbuilt_stages_say_so_and_fail() {
+    for (stage, issue) in [
+        ("fetch", 3),
+        ("embed", 4),
+        ("dedup", 5),
+        ("caption", 7),
+        ("score", 8),
+        ("encode-latents", 9),
+        ("train", 10),
+        ("sample", 10),
+        ("report", 6),
+    ] {
+        let r = run(curate().arg(stage).arg("--eps").arg("0.9"));
+        assert_eq!(r.code, 1, "{stage}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!(
+                "`curate {stage}` is not built yet (issue #{issue})"
+            )),
+            "{stage}: {}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn doctor_finds_the_pinned_runtime_and_lists_providers() {
+    let r = run(curate().arg("doctor"));
+    assert_eq!(
+        r.code, 0,
+        "doctor failed (did `curate setup` run?):\n{}\n{}",
+        r.stdout, r.stderr
+    );
+    assert!(r.stdout.contains("version 1.31.1"), "{}", r.stdout);
+    assert!(r.stdout.contains("CPUExecutionProvider"), "{}", r.stdout);
+    assert!(r.stdout.contains("searched ORT_DYLIB_PATH"), "{}", r.stdout);
+    assert!(r.stdout.contains("cpu:"), "{}", r.stdout);
+    assert!(r.stdout.contains("images v1"), "{}", r.stdout);
+}
+
+#[test]
+fn doctor_reports_every_place_it_searched_when_nothing_is_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = run(curate()
+        .arg("doctor")
+        .env("CURATE_HOME", tmp.path())
+        .env("ORT_DYLIB_PATH", tmp.path().join("nope.so"))
+        .env("PATH", "/nonexistent"));
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!(
+            "ORT_DYLIB_PATH={}: no such file",
+            tmp.path().join("nope.so").display()
+        )),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(
+            &tmp.path()
+                .join("onnxruntime/onnxruntime/capi")
+                .display()
+                .to_string()
+        ),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("python3"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("ONNX Runtime is not usable"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn run_executes_the_demo_pipeline_then_skips_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("demo");
+    let pipeline = repo().join("pipelines/demo.toml");
+    let r = run(curate()
+        .arg("run")
+        .arg(&pipeline)
+        .arg("--work-dir")
+        .arg(&work));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let records = read_images(&work.join("images"));
+    assert_eq!(records.len(), image_files(&fixtures_images()).len());
+    assert!(r.stderr.contains("[1/1] images"), "{}", r.stderr);
+
+    let again = run(curate()
+        .arg("run")
+        .arg(&pipeline)
+        .arg("--work-dir")
+        .arg(&work));
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("already complete"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(read_images(&work.join("images")), records);
+
+    let status = run(curate().arg("status").arg(&work));
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let n = records.len();
+    let failed = records.iter().filter(|r| r.reason.is_some()).count();
+    assert!(
+        status.stdout.contains(&format!("stage ingest (images v1)")),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status
+            .stdout
+            .contains(&format!("{n} records, {failed} failed")),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("shards complete"),
+        "{}",
+        status.stdout
+    );
+}
+
+#[test]
+fn a_bad_pipeline_file_names_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("p.toml");
+    std::fs::write(
+        &p,
+        "[pipeline]\nname='x'\nwork_dir='w'\n[[stage]]\nrun='ingest'\ninput='.'\nshard_sise=3\n",
+    )
+    .unwrap();
+    let r = run(curate().arg("run").arg(&p));
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("stage `ingest`") && r.stderr.contains("--shard-sise"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn unreadable_manifest_stops_with_its_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("manifest.json"), "{ not json").unwrap();
+    let r = run(curate()
+        .arg("ingest")
+        .arg(fixtures_images())
+        .arg("-o")
+        .arg(&out));
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("manifest.json: invalid JSON"),
+        "{}",
+        r.stderr
+    );
+}

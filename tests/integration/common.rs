@@ -1,0 +1,134 @@
+//! Helpers shared by the integration tests.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use curate_core::record::ImageRecord;
+use curate_core::stage::StageDir;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures_images() -> PathBuf {
+    repo().join("fixtures/images")
+}
+
+/// A `curate` command with a clean environment: no Slurm variables, log lines.
+pub fn curate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_curate"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SLURM_") || k == "CURATE_TEST_STALL_AFTER_ROWS" {
+            c.env_remove(k);
+        }
+    }
+    c.env("CURATE_LOG", "info").arg("--progress").arg("log");
+    c.stdin(Stdio::null());
+    c
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(cmd: &mut Command) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("curate runs");
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Runs `curate ingest INPUT -o OUT ARGS…` and insists on exit 0.
+pub fn ingest(input: &Path, out: &Path, args: &[&str]) -> Run {
+    let r = run(curate()
+        .arg("ingest")
+        .arg(input)
+        .arg("-o")
+        .arg(out)
+        .args(args));
+    assert_eq!(r.code, 0, "ingest failed:\n{}", r.stderr);
+    r
+}
+
+/// Every record of every complete shard of a stage, in shard order.
+pub fn read_images(stage: &Path) -> Vec<ImageRecord> {
+    let (manifest, journal) = StageDir::inspect(stage)
+        .unwrap()
+        .expect("a stage directory");
+    assert_eq!(manifest.schema.name, "images");
+    let table = curate_io::images::table();
+    let mut out = Vec::new();
+    for rec in journal {
+        let path = stage.join(&rec.file);
+        for b in curate_io::read_shard(&path, table).unwrap() {
+            out.extend(curate_io::images::from_batch(&b).unwrap());
+        }
+    }
+    out
+}
+
+/// `exact_duplicates.parquet` as key → duplicate_of.
+pub fn read_duplicates(stage: &Path) -> BTreeMap<String, String> {
+    use arrow_array::{Array, StringArray};
+    let table = curate_core::schema::get("exact_duplicates").unwrap();
+    let mut out = BTreeMap::new();
+    for b in curate_io::read_shard(&stage.join("exact_duplicates.parquet"), table).unwrap() {
+        let col = |n: &str| {
+            b.column_by_name(n)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone()
+        };
+        let (k, d) = (col("key"), col("duplicate_of"));
+        for i in 0..b.num_rows() {
+            out.insert(k.value(i).to_string(), d.value(i).to_string());
+        }
+    }
+    out
+}
+
+/// Files (relative paths) of a folder that ingest should take: image extensions.
+pub fn image_files(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in walk(root) {
+        let ext = e
+            .extension()
+            .and_then(|x| x.to_str())
+            .unwrap_or("")
+            .to_lowercase();
+        if ["jpg", "jpeg", "png", "webp", "gif"].contains(&ext.as_str()) {
+            out.push(
+                e.strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/"),
+            );
+        }
+    }
+    out.sort();
+    out
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -1,0 +1,6 @@
+//! Integration tests: they drive the real `curate` binary as a child process.
+
+mod cli;
+mod common;
+mod ingest;
+mod resume;
