@@ -70,6 +70,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Install the pinned ONNX Runtime wheel into the project-local folder.
     Setup(SetupArgs),
+    /// Throughput (images/s) and peak memory of a stage on generated photos.
+    Bench(BenchArgs),
 }
 
 impl Command {
@@ -188,4 +190,28 @@ pub struct SetupArgs {
     /// Reinstall even when the pinned version is present.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchStage {
+    Ingest,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The stage to measure.
+    #[arg(value_enum)]
+    pub stage: BenchStage,
+    /// Measure on this folder instead of generated photos.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Generated photos.
+    #[arg(long, default_value_t = 500)]
+    pub images: usize,
+    /// Generated photo width (every third is portrait).
+    #[arg(long, default_value_t = 1024)]
+    pub width: u32,
+    /// Generated photo height.
+    #[arg(long, default_value_t = 768)]
+    pub height: u32,
 }

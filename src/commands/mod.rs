@@ -1,5 +1,6 @@
 //! One file per command.
 
+mod bench;
 mod doctor;
 pub mod ingest;
 pub mod run;
@@ -30,6 +31,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(&args),
         Command::Doctor(args) => doctor::run(&args),
         Command::Setup(args) => setup::run(&args),
+        Command::Bench(args) => bench::run(&args),
         _ => unreachable!("not-built stages handled above"),
     }
 }

@@ -60,7 +60,7 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
             bail!("`{} -m pip install {spec}` failed ({status})", args.python);
         }
     }
-    let search = curate_onnx::locate(&[target.clone()]);
+    let search = curate_onnx::locate(std::slice::from_ref(&target));
     let found = match search.found {
         Some(f) if f.via == "project" => f,
         _ => bail!(

@@ -142,7 +142,7 @@ fn run_executes_the_demo_pipeline_then_skips_it() {
     let n = records.len();
     let failed = records.iter().filter(|r| r.reason.is_some()).count();
     assert!(
-        status.stdout.contains(&format!("stage ingest (images v1)")),
+        status.stdout.contains("stage ingest (images v1)"),
         "{}",
         status.stdout
     );

@@ -66,6 +66,9 @@ pub struct TensorInfo {
     pub kind: String,
 }
 
+/// A tensor's shape and its data, row-major.
+pub type ShapedF32 = (Vec<i64>, Vec<f32>);
+
 pub struct Model {
     path: PathBuf,
     session: Session,
@@ -175,7 +178,7 @@ impl Model {
         &mut self,
         inputs: Vec<(&str, Vec<i64>, Vec<f32>)>,
         outputs: &[&str],
-    ) -> Result<Vec<(Vec<i64>, Vec<f32>)>, OnnxError> {
+    ) -> Result<Vec<ShapedF32>, OnnxError> {
         let run_err = |message: String| OnnxError::Run {
             path: self.path.clone(),
             message,

@@ -6,6 +6,8 @@
 
 use std::io::Cursor;
 
+pub use image;
+
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
 
@@ -297,12 +299,10 @@ pub fn jpeg_components(bytes: &[u8]) -> Option<u8> {
 /// restart marker, so FFD9 there is the real end; an EXIF thumbnail's EOI
 /// comes before the main image's scans and does not count.
 pub fn jpeg_is_truncated(bytes: &[u8]) -> bool {
-    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    let last_eoi = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]);
-    match (last_sos, last_eoi) {
-        (Some(s), Some(e)) => e < s,
-        (Some(_), None) => true,
-        _ => false,
+    // The last EOI is normally the last two bytes, so this scans little.
+    match bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]) {
+        Some(eoi) => bytes[eoi..].windows(2).any(|w| w == [0xFF, 0xDA]),
+        None => bytes.windows(2).any(|w| w == [0xFF, 0xDA]),
     }
 }
 

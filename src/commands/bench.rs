@@ -1,0 +1,164 @@
+//! `curate bench STAGE`: throughput (images/s) and peak memory of a stage
+//! on generated, Flickr-sized photos (or a folder you give), so a run can be
+//! sized before it is submitted. Stages add themselves as they land.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use rayon::prelude::*;
+
+use crate::cli::{BenchArgs, BenchStage, IngestArgs, ShardArgs, StorePolicy};
+use crate::progress::peak_rss_bytes;
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let scratch = tempdir()?;
+    let input = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            let dir = scratch.join("photos");
+            let t = Instant::now();
+            let bytes = generate(&dir, args.images, args.width, args.height)?;
+            println!(
+                "generated {} photo-like JPEGs of {}×{} ({:.1} MB) in {:.1} s",
+                args.images,
+                args.width,
+                args.height,
+                bytes as f64 / 1e6,
+                t.elapsed().as_secs_f64()
+            );
+            dir
+        }
+    };
+    let result = match args.stage {
+        BenchStage::Ingest => bench_ingest(&input, &scratch),
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn bench_ingest(input: &Path, scratch: &Path) -> anyhow::Result<()> {
+    let files: Vec<PathBuf> = walkdir::WalkDir::new(input)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
+    let total_bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let limits = curate_vision::Limits::default();
+
+    // Where the time goes: each step alone over the same (cached) files.
+    let blobs: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
+    let t = Instant::now();
+    blobs.iter().for_each(|b| {
+        curate_core::hash::sha256_hex(b);
+    });
+    let hash_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let ok = blobs
+        .iter()
+        .filter(|b| curate_vision::decode(b, &limits).is_ok())
+        .count();
+    let decode_1 = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    blobs.par_iter().for_each(|b| {
+        let _ = curate_vision::decode(b, &limits);
+    });
+    let decode_n = t.elapsed().as_secs_f64();
+    drop(blobs);
+
+    let n = files.len() as f64;
+    println!(
+        "sha256 alone: {:.0} images/s ({:.0} MB/s), one core",
+        n / hash_s,
+        total_bytes as f64 / 1e6 / hash_s
+    );
+    println!(
+        "decode alone: {:.1} images/s on one core, {:.1} images/s on {} threads ({ok} decodable)",
+        n / decode_1,
+        n / decode_n,
+        rayon::current_num_threads()
+    );
+
+    let out = scratch.join("ingest");
+    let t = Instant::now();
+    let summary = super::ingest::run(&IngestArgs {
+        input: input.to_path_buf(),
+        output: out.clone(),
+        shard_size: 1000,
+        store: StorePolicy::Auto,
+        max_pixels: limits.max_pixels,
+        jpeg_quality: 95,
+        threads: 0,
+        overwrite: false,
+        shards: ShardArgs {
+            shard_index: Some(0),
+            num_shards: Some(1),
+        },
+    })?;
+    let secs = t.elapsed().as_secs_f64();
+    let written: u64 = std::fs::read_dir(&out)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    println!(
+        "ingest end to end: {} images in {secs:.2} s = {:.1} images/s, {:.1} MB/s in, {:.1} MB of parquet out, peak RSS {:.0} MiB",
+        summary.records,
+        summary.records as f64 / secs,
+        total_bytes as f64 / 1e6 / secs,
+        written as f64 / 1e6,
+        peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
+/// Photo-like JPEGs: smooth colour fields plus fine noise, so they compress
+/// like photographs (Flickr `_b` size: 1024 px long side, ~150–300 kB).
+fn generate(dir: &Path, count: usize, width: u32, height: u32) -> anyhow::Result<u64> {
+    std::fs::create_dir_all(dir)?;
+    let sizes: Vec<u64> = (0..count)
+        .into_par_iter()
+        .map(|i| -> anyhow::Result<u64> {
+            let mut state = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut rnd = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            let phase = (rnd() % 1000) as f32 / 100.0;
+            let (w, h) = if i % 3 == 0 {
+                (height, width)
+            } else {
+                (width, height)
+            };
+            let img = curate_vision::image::RgbImage::from_fn(w, h, |x, y| {
+                let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+                let n = (rnd() % 24) as f32;
+                let r = 128.0 + 90.0 * (6.0 * fx + phase).sin() + n;
+                let g = 110.0 + 80.0 * (5.0 * fy + 2.0 * fx - phase).cos() + n;
+                let b = 100.0 + 70.0 * (9.0 * fx * fy + phase).sin() + n;
+                curate_vision::image::Rgb([
+                    r.clamp(0.0, 255.0) as u8,
+                    g.clamp(0.0, 255.0) as u8,
+                    b.clamp(0.0, 255.0) as u8,
+                ])
+            });
+            let bytes = curate_vision::encode_jpeg(&img, 90)?;
+            let path = dir.join(format!("{i:06}.jpg"));
+            std::fs::write(&path, &bytes).with_context(|| path.display().to_string())?;
+            Ok(bytes.len() as u64)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(sizes.iter().sum())
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("curate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+    Ok(dir)
+}
