@@ -53,11 +53,9 @@ impl Progress {
         let bar = (mode == ProgressMode::Bar).then(|| {
             let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             b.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:>8} [{bar:30}] {pos}/{len} {per_sec:>12} ETA {eta} {msg}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
+                ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
             );
             b.set_prefix(stage.to_string());
             b
@@ -77,6 +75,7 @@ impl Progress {
     pub fn inc(&mut self, n: u64) {
         self.done += n;
         if let Some(b) = &self.bar {
+            b.set_message(format!("{:.1} images/s", self.rate()));
             b.inc(n);
         } else if self.log && self.last_log.elapsed() >= Duration::from_secs(10) {
             self.last_log = Instant::now();

@@ -166,7 +166,7 @@ fn stage_argv(
     if let Some(input) = &stage.input {
         let path = match input.strip_prefix('@') {
             Some(upstream) => work.join(upstream),
-            None => base.join(input),
+            None => normalize(&base.join(input)),
         };
         argv.push(path.display().to_string());
     }
@@ -192,7 +192,7 @@ fn stage_argv(
                 toml::Value::String(s) => {
                     argv.push(flag.clone());
                     argv.push(if s.starts_with("./") || s.starts_with("../") {
-                        base.join(s).display().to_string()
+                        normalize(&base.join(s)).display().to_string()
                     } else {
                         s.clone()
                     });
@@ -219,6 +219,29 @@ fn stage_argv(
         }
     }
     Ok(argv)
+}
+
+/// `a/b/../c` → `a/c`, lexically (no file system access), so logs and
+/// manifests show the paths a person would write.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
+    }
 }
 
 #[cfg(test)]
@@ -254,7 +277,7 @@ mod tests {
             [
                 "curate",
                 "ingest",
-                "pipelines/../fixtures/images",
+                "fixtures/images",
                 "--output",
                 "work/t/images",
                 "--shard-index",
