@@ -295,6 +295,11 @@ mod tests {
         assert!(b.contains(&"--overwrite".to_string()));
         assert!(b
             .windows(2)
-            .any(|w| w == ["--model", "pipelines/./models/clip"]));
+            .any(|w| w == ["--model", "pipelines/models/clip"]));
+        assert_eq!(
+            normalize(Path::new("../a/./b/../c")),
+            PathBuf::from("../a/c")
+        );
+        assert_eq!(normalize(Path::new("/x/../y")), PathBuf::from("/y"));
     }
 }
