@@ -5,6 +5,7 @@
 
 mod cli;
 mod commands;
+mod imaging;
 mod paths;
 mod progress;
 

@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use arrow_array::{Array, RecordBatch, StringArray};
-use curate_core::hash::{sha256_hex, Fingerprint};
-use curate_core::record::{record_key, ImageRecord, Status, Stored};
+use curate_core::hash::Fingerprint;
+use curate_core::record::{record_key, ImageRecord};
 use curate_core::split::ShardSplit;
 use curate_core::stage::{Inputs, Opened, ShardRecord, ShardState, StageDir, StageSpec};
 use curate_io::{images, ShardOptions, ShardWriter};
@@ -23,7 +23,8 @@ use curate_vision::{Format, Limits};
 use rayon::prelude::*;
 
 use super::StageSummary;
-use crate::cli::{IngestArgs, StorePolicy};
+use crate::cli::IngestArgs;
+use crate::imaging::{image_record, Validation};
 use crate::progress::{peak_rss_bytes, Progress};
 
 pub const DUPLICATES_FILE: &str = "exact_duplicates.parquet";
@@ -97,9 +98,15 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
         .num_threads(args.threads)
         .build()
         .context("decoder thread pool")?;
-    let limits = Limits {
-        max_pixels: args.max_pixels,
-        ..Limits::default()
+    let validation = Validation {
+        store: args.store,
+        limits: Limits {
+            max_pixels: args.max_pixels,
+            ..Limits::default()
+        },
+        jpeg_quality: args.jpeg_quality,
+        min_side: 0,
+        max_side: None,
     };
     let table = images::table();
     let check = |path: &Path, rec: &ShardRecord| {
@@ -156,7 +163,7 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
             let records: Vec<ImageRecord> = pool.install(|| {
                 chunk
                     .par_iter()
-                    .map(|f| ingest_one(f, args, &limits))
+                    .map(|f| ingest_one(f, &validation))
                     .collect()
             });
             for r in &records {
@@ -289,73 +296,11 @@ fn list_images(root: &Path) -> anyhow::Result<(Vec<Input>, u64)> {
 }
 
 /// One file → one record. Never fails: every problem becomes a reason.
-fn ingest_one(input: &Input, args: &IngestArgs, limits: &Limits) -> ImageRecord {
+fn ingest_one(input: &Input, validation: &Validation) -> ImageRecord {
     let key = record_key(&format!("file:{}", input.rel));
-    let bytes = match std::fs::read(&input.path) {
-        Ok(b) => b,
-        Err(e) => {
-            return ImageRecord::failed(key, input.rel.clone(), "io", format!("reading: {e}"), 0)
-        }
-    };
-    let sha = sha256_hex(&bytes);
-    let file_size = bytes.len() as u64;
-    let decoded = match curate_vision::decode(&bytes, limits) {
-        Ok(d) => d,
-        Err(e) => {
-            let mut r =
-                ImageRecord::failed(key, input.rel.clone(), e.reason(), e.to_string(), file_size);
-            r.format = curate_vision::detect_format(&bytes)
-                .ok()
-                .map(|f| f.as_str().to_string());
-            r.sha256 = Some(sha);
-            return r;
-        }
-    };
-    let keep_original = match args.store {
-        StorePolicy::Original => true,
-        StorePolicy::Auto => decoded.is_plain(),
-        StorePolicy::Reencoded => false,
-    };
-    let (stored, stored_format, out) = if keep_original {
-        (Stored::Original, decoded.format, bytes)
-    } else {
-        let rgb = curate_vision::to_rgb8(&decoded.image);
-        let encoded = if decoded.format == Format::Jpeg {
-            curate_vision::encode_jpeg(&rgb, args.jpeg_quality).map(|b| (Format::Jpeg, b))
-        } else {
-            curate_vision::encode_png(&rgb).map(|b| (Format::Png, b))
-        };
-        match encoded {
-            Ok((fmt, b)) => (Stored::Reencoded, fmt, b),
-            Err(e) => {
-                let mut r = ImageRecord::failed(
-                    key,
-                    input.rel.clone(),
-                    "undecodable",
-                    format!("re-encoding failed: {e}"),
-                    file_size,
-                );
-                r.sha256 = Some(sha);
-                return r;
-            }
-        }
-    };
-    ImageRecord {
-        key,
-        source: input.rel.clone(),
-        status: Status::Ok,
-        reason: None,
-        error: None,
-        format: Some(decoded.format.as_str().to_string()),
-        mode: Some(decoded.mode.to_string()),
-        width: Some(decoded.width()),
-        height: Some(decoded.height()),
-        orientation: Some(decoded.orientation),
-        file_size,
-        sha256: Some(sha),
-        stored: Some(stored),
-        stored_format: Some(stored_format.as_str().to_string()),
-        bytes: Some(out),
+    match std::fs::read(&input.path) {
+        Ok(bytes) => image_record(key, input.rel.clone(), bytes, validation),
+        Err(e) => ImageRecord::failed(key, input.rel.clone(), "io", format!("reading: {e}"), 0),
     }
 }
 

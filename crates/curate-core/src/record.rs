@@ -60,6 +60,18 @@ pub struct ImageRecord {
     pub stored: Option<Stored>,
     pub stored_format: Option<String>,
     pub bytes: Option<Vec<u8>>,
+    /// Download facts (fetch only).
+    pub download: Option<DownloadFacts>,
+}
+
+/// What `fetch` knows about a download.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DownloadFacts {
+    pub url: String,
+    pub page_url: Option<String>,
+    pub http_status: Option<u16>,
+    pub attempts: u8,
+    pub fetch_ms: u32,
 }
 
 impl ImageRecord {
@@ -87,6 +99,7 @@ impl ImageRecord {
             stored: None,
             stored_format: None,
             bytes: None,
+            download: None,
         }
     }
 }

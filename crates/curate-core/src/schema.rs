@@ -268,11 +268,27 @@ impl TableSchema {
             .any(|t| t.accepts(dt))
     }
 
-    /// Checks an Arrow schema (of a batch or a shard) against this table:
+    /// Checks an Arrow schema (of a batch being written) against this table:
     /// same fields in the same order, each type one of the alternatives,
     /// and version metadata, when present, equal. `null_counts` (one per
     /// field, when known) catches nulls in non-nullable fields.
     pub fn check(&self, actual: &Schema, null_counts: Option<&[usize]>) -> Result<(), CoreError> {
+        self.check_fields(actual, null_counts, false)
+    }
+
+    /// Checks a shard being read: as [`check`](Self::check), but a shard
+    /// written before nullable fields were appended to this version (a
+    /// prefix of the fields, the rest nullable) is accepted.
+    pub fn check_readable(&self, actual: &Schema) -> Result<(), CoreError> {
+        self.check_fields(actual, None, true)
+    }
+
+    fn check_fields(
+        &self,
+        actual: &Schema,
+        null_counts: Option<&[usize]>,
+        allow_missing_trailing_nullable: bool,
+    ) -> Result<(), CoreError> {
         let mut problems = Vec::new();
         if let Some(v) = actual.metadata().get(META_SCHEMA_VERSION) {
             if v != &self.version.to_string() {
@@ -289,7 +305,11 @@ impl TableSchema {
         }
         let expected: Vec<&str> = self.fields.iter().map(|f| f.name.as_str()).collect();
         let found: Vec<&str> = actual.fields().iter().map(|f| f.name().as_str()).collect();
-        if expected != found {
+        let older_prefix = allow_missing_trailing_nullable
+            && found.len() < expected.len()
+            && expected[..found.len()] == found[..]
+            && self.fields[found.len()..].iter().all(|f| f.nullable);
+        if expected != found && !older_prefix {
             problems.push(format!(
                 "columns [{}], expected [{}]",
                 found.join(", "),
@@ -428,6 +448,18 @@ mod tests {
         schema = Schema::new_with_metadata(fields, schema.metadata().clone());
         let e = s.check(&schema, None).unwrap_err().to_string();
         assert!(e.contains("`key` has type Int64, expected utf8"), "{e}");
+        // A shard from before nullable fields were appended reads, but is not writable.
+        let full = s.arrow_schema().unwrap();
+        let n = s.fields.iter().position(|f| f.name == "bytes").unwrap() + 1;
+        let prefix =
+            Schema::new_with_metadata(full.fields()[..n].to_vec(), full.metadata().clone());
+        assert!(s.check_readable(&prefix).is_ok());
+        assert!(s.check(&prefix, None).is_err());
+        let short = Schema::new_with_metadata(full.fields()[..2].to_vec(), full.metadata().clone());
+        assert!(
+            s.check_readable(&short).is_err(),
+            "non-nullable fields missing"
+        );
         let e = get("nope").unwrap_err().to_string();
         assert!(e.contains("known schemas") && e.contains("images"), "{e}");
     }

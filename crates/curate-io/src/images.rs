@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BinaryBuilder, StringBuilder, UInt32Builder, UInt64Builder, UInt8Builder,
+    BinaryBuilder, StringBuilder, UInt16Builder, UInt32Builder, UInt64Builder, UInt8Builder,
 };
 use arrow_array::{
-    Array, ArrayRef, BinaryArray, RecordBatch, StringArray, UInt32Array, UInt64Array, UInt8Array,
+    Array, ArrayRef, BinaryArray, RecordBatch, StringArray, UInt16Array, UInt32Array, UInt64Array,
+    UInt8Array,
 };
 use arrow_schema::{ArrowError, SchemaRef};
-use curate_core::record::{ImageRecord, Status, Stored};
+use curate_core::record::{DownloadFacts, ImageRecord, Status, Stored};
 use curate_core::schema::{self, TableSchema};
 
 /// The `images` table schema.
@@ -49,7 +50,18 @@ pub fn to_batch(records: &[ImageRecord]) -> Result<RecordBatch, ArrowError> {
         .map(Vec::len)
         .sum();
     let mut bytes = BinaryBuilder::with_capacity(n, total);
+    let mut url = StringBuilder::new();
+    let mut page_url = StringBuilder::new();
+    let mut http_status = UInt16Builder::with_capacity(n);
+    let mut attempts = UInt8Builder::with_capacity(n);
+    let mut fetch_ms = UInt32Builder::with_capacity(n);
     for r in records {
+        let d = r.download.as_ref();
+        url.append_option(d.map(|d| d.url.as_str()));
+        page_url.append_option(d.and_then(|d| d.page_url.as_deref()));
+        http_status.append_option(d.and_then(|d| d.http_status));
+        attempts.append_option(d.map(|d| d.attempts));
+        fetch_ms.append_option(d.map(|d| d.fetch_ms));
         key.append_value(&r.key);
         source.append_value(&r.source);
         status.append_value(r.status.as_str());
@@ -82,6 +94,11 @@ pub fn to_batch(records: &[ImageRecord]) -> Result<RecordBatch, ArrowError> {
         Arc::new(stored.finish()),
         Arc::new(stored_format.finish()),
         Arc::new(bytes.finish()),
+        Arc::new(url.finish()),
+        Arc::new(page_url.finish()),
+        Arc::new(http_status.finish()),
+        Arc::new(attempts.finish()),
+        Arc::new(fetch_ms.finish()),
     ];
     RecordBatch::try_new(arrow_schema(), columns)
 }
@@ -116,6 +133,12 @@ pub fn from_batch(batch: &RecordBatch) -> Result<Vec<ImageRecord>, ArrowError> {
     let stored = col::<StringArray>(batch, "stored")?;
     let stored_format = col::<StringArray>(batch, "stored_format")?;
     let bytes = col::<BinaryArray>(batch, "bytes")?;
+    // Appended after the first shards were written: absent in older shards.
+    let url = col::<StringArray>(batch, "url").ok();
+    let page_url = col::<StringArray>(batch, "page_url").ok();
+    let http_status = col::<UInt16Array>(batch, "http_status").ok();
+    let attempts = col::<UInt8Array>(batch, "attempts").ok();
+    let fetch_ms = col::<UInt32Array>(batch, "fetch_ms").ok();
     (0..batch.num_rows())
         .map(|i| {
             Ok(ImageRecord {
@@ -146,6 +169,13 @@ pub fn from_batch(batch: &RecordBatch) -> Result<Vec<ImageRecord>, ArrowError> {
                 },
                 stored_format: opt_str(stored_format, i),
                 bytes: bytes.is_valid(i).then(|| bytes.value(i).to_vec()),
+                download: url.filter(|u| u.is_valid(i)).map(|u| DownloadFacts {
+                    url: u.value(i).to_string(),
+                    page_url: page_url.and_then(|p| opt_str(p, i)),
+                    http_status: http_status.filter(|h| h.is_valid(i)).map(|h| h.value(i)),
+                    attempts: attempts.filter(|a| a.is_valid(i)).map_or(0, |a| a.value(i)),
+                    fetch_ms: fetch_ms.filter(|f| f.is_valid(i)).map_or(0, |f| f.value(i)),
+                }),
             })
         })
         .collect()

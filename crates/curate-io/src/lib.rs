@@ -212,7 +212,7 @@ pub fn verify_shard(
 ) -> Result<u64, IoError> {
     let builder = open(path)?;
     table
-        .check(builder.schema(), None)
+        .check_readable(builder.schema())
         .map_err(|source| IoError::Schema {
             path: path.to_path_buf(),
             source,
@@ -243,7 +243,7 @@ pub fn read_columns(
 ) -> Result<Vec<RecordBatch>, IoError> {
     let builder = open(path)?;
     table
-        .check(builder.schema(), None)
+        .check_readable(builder.schema())
         .map_err(|source| IoError::Schema {
             path: path.to_path_buf(),
             source,

@@ -1,0 +1,95 @@
+//! Bytes → image record: the validation `ingest` and `fetch` share.
+
+use curate_core::hash::sha256_hex;
+use curate_core::record::{ImageRecord, Status, Stored};
+use curate_vision::image::imageops::FilterType;
+use curate_vision::{Format, Limits};
+
+use crate::cli::StorePolicy;
+
+/// How image bytes are checked and stored.
+#[derive(Debug, Clone)]
+pub struct Validation {
+    pub store: StorePolicy,
+    pub limits: Limits,
+    pub jpeg_quality: u8,
+    /// Images whose shorter side is below this are `too_small`.
+    pub min_side: u32,
+    /// Larger images are downscaled (Lanczos) to this long side and re-encoded.
+    pub max_side: Option<u32>,
+}
+
+/// Decodes and checks `bytes`, and decides what to store. Never fails:
+/// every problem becomes a reason on the record.
+pub fn image_record(key: String, source: String, bytes: Vec<u8>, v: &Validation) -> ImageRecord {
+    let sha = sha256_hex(&bytes);
+    let file_size = bytes.len() as u64;
+    let fail = |reason: &str, message: String, format: Option<&str>| {
+        let mut r = ImageRecord::failed(key.clone(), source.clone(), reason, message, file_size);
+        r.format = format.map(str::to_string);
+        r.sha256 = Some(sha.clone());
+        r
+    };
+    let decoded = match curate_vision::decode(&bytes, &v.limits) {
+        Ok(d) => d,
+        Err(e) => {
+            let format = curate_vision::detect_format(&bytes).ok();
+            return fail(e.reason(), e.to_string(), format.map(Format::as_str));
+        }
+    };
+    let fmt = Some(decoded.format.as_str());
+    let (w, h) = (decoded.width(), decoded.height());
+    if w.min(h) < v.min_side {
+        return fail(
+            "too_small",
+            format!("{w}×{h}: shorter side below --min-side {}", v.min_side),
+            fmt,
+        );
+    }
+    let resize_to = v.max_side.filter(|&m| w.max(h) > m);
+    let keep_original = resize_to.is_none()
+        && match v.store {
+            StorePolicy::Original => true,
+            StorePolicy::Auto => decoded.is_plain(),
+            StorePolicy::Reencoded => false,
+        };
+    let (stored, stored_format, out, (w, h)) = if keep_original {
+        (Stored::Original, decoded.format, bytes, (w, h))
+    } else {
+        let mut rgb = curate_vision::to_rgb8(&decoded.image);
+        if let Some(m) = resize_to {
+            let scale = m as f64 / w.max(h) as f64;
+            let nw = ((w as f64 * scale).round() as u32).max(1);
+            let nh = ((h as f64 * scale).round() as u32).max(1);
+            rgb = curate_vision::image::imageops::resize(&rgb, nw, nh, FilterType::Lanczos3);
+        }
+        let dims = rgb.dimensions();
+        let encoded = if decoded.format == Format::Jpeg {
+            curate_vision::encode_jpeg(&rgb, v.jpeg_quality).map(|b| (Format::Jpeg, b))
+        } else {
+            curate_vision::encode_png(&rgb).map(|b| (Format::Png, b))
+        };
+        match encoded {
+            Ok((f, b)) => (Stored::Reencoded, f, b, dims),
+            Err(e) => return fail("undecodable", format!("re-encoding failed: {e}"), fmt),
+        }
+    };
+    ImageRecord {
+        key,
+        source,
+        status: Status::Ok,
+        reason: None,
+        error: None,
+        format: fmt.map(str::to_string),
+        mode: Some(decoded.mode.to_string()),
+        width: Some(w),
+        height: Some(h),
+        orientation: Some(decoded.orientation),
+        file_size,
+        sha256: Some(sha),
+        stored: Some(stored),
+        stored_format: Some(stored_format.as_str().to_string()),
+        bytes: Some(out),
+        download: None,
+    }
+}
