@@ -44,8 +44,8 @@ pub enum ProgressMode {
 pub enum Command {
     /// Ingest a local folder of images into image shards.
     Ingest(IngestArgs),
-    /// Download URL lists (Megalith-10m parquet) into image shards. [not built yet: issue #3]
-    Fetch(NotBuiltArgs),
+    /// Download URL lists (Megalith-10m parquet, or text) into image shards.
+    Fetch(Box<FetchArgs>),
     /// CLIP image embeddings through ONNX Runtime. [not built yet: issue #4]
     Embed(NotBuiltArgs),
     /// Iterative partitioned DBSCAN dedup on CLIP embeddings. [not built yet: issue #5]
@@ -78,7 +78,6 @@ impl Command {
     /// The issue that will build a stage that is not built yet.
     pub fn not_built(&self) -> Option<(&'static str, u32)> {
         Some(match self {
-            Command::Fetch(_) => ("fetch", 3),
             Command::Embed(_) => ("embed", 4),
             Command::Dedup(_) => ("dedup", 5),
             Command::Caption(_) => ("caption", 7),
@@ -120,16 +119,9 @@ pub enum StorePolicy {
     Reencoded,
 }
 
-#[derive(Debug, Args)]
-pub struct IngestArgs {
-    /// Folder of images (jpg, png, webp, gif; searched recursively).
-    pub input: PathBuf,
-    /// Stage directory to write (manifest, journal, part-NNNNN.parquet).
-    #[arg(short, long)]
-    pub output: PathBuf,
-    /// Images per output shard.
-    #[arg(long, default_value_t = 1000)]
-    pub shard_size: u32,
+/// How images are checked and stored (ingest and fetch).
+#[derive(Debug, Clone, Args)]
+pub struct ImageArgs {
     /// What the `bytes` column holds.
     #[arg(long, value_enum, default_value_t = StorePolicy::Auto)]
     pub store: StorePolicy,
@@ -142,6 +134,97 @@ pub struct IngestArgs {
     /// Decoding threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Folder of images (jpg, png, webp, gif; searched recursively).
+    pub input: PathBuf,
+    /// Stage directory to write (manifest, journal, part-NNNNN.parquet).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Images per output shard.
+    #[arg(long, default_value_t = 1000)]
+    pub shard_size: u32,
+    #[command(flatten)]
+    pub image: ImageArgs,
+    /// Discard this directory's previous output if it was made with another configuration.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub shards: ShardArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// URL lists: parquet files (Megalith-10m: url, url_highres, url_source) or text files with one URL per line.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Stage directory to write.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Parquet column holding the URLs (Megalith-10m: `url`, or `url_highres` for 1024 px).
+    #[arg(long, default_value = "url")]
+    pub url_col: String,
+    /// Parquet column holding the photo page, kept as provenance when the list has it.
+    #[arg(long, default_value = "url_source")]
+    pub page_col: String,
+    /// Resolve relative URLs in the lists against this base (not part of the configuration hash).
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// URLs per output shard.
+    #[arg(long, default_value_t = 1000)]
+    pub shard_size: u32,
+    /// Requests in flight, all hosts together.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Requests in flight to one host.
+    #[arg(long, default_value_t = 32)]
+    pub per_host_concurrency: usize,
+    /// Requests started per second per host (0 = no limit).
+    #[arg(long, default_value_t = 0.0)]
+    pub per_host_rps: f64,
+    /// Retries of a retryable failure (429, 5xx, timeout, connection, truncated body).
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+    /// First back-off in seconds, doubled per retry, jittered; a Retry-After header replaces it.
+    #[arg(long, default_value_t = 1.0)]
+    pub backoff: f64,
+    /// Longest Retry-After honoured, in seconds; longer fails the URL as rate_limited.
+    #[arg(long, default_value_t = 300.0)]
+    pub max_retry_after: f64,
+    /// Connect timeout in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub connect_timeout: f64,
+    /// Timeout for a whole request (body included), in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+    /// Largest body accepted, in bytes.
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_bytes: u64,
+    /// Redirects followed at most.
+    #[arg(long, default_value_t = 3)]
+    pub max_redirects: usize,
+    /// User-Agent header.
+    #[arg(long)]
+    pub user_agent: Option<String>,
+    /// Bodies smaller than this are rejected as `placeholder` (Flickr answers rate limits with ~100-byte bodies).
+    #[arg(long, default_value_t = 1000)]
+    pub min_bytes: u64,
+    /// sha256 of a host's placeholder image ("photo unavailable"); repeat for several.
+    #[arg(long = "placeholder-sha256", value_name = "HEX")]
+    pub placeholder_sha256: Vec<String>,
+    /// Images whose shorter side is below this are `too_small`.
+    #[arg(long, default_value_t = 0)]
+    pub min_side: u32,
+    /// Downscale larger images to this long side (Lanczos) and re-encode.
+    #[arg(long)]
+    pub max_side: Option<u32>,
+    #[command(flatten)]
+    pub image: ImageArgs,
+    /// Re-attempt only the failed URLs (retryable reasons) of complete shards, rewriting them.
+    #[arg(long)]
+    pub retry_failed: bool,
     /// Discard this directory's previous output if it was made with another configuration.
     #[arg(long)]
     pub overwrite: bool,

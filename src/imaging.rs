@@ -5,7 +5,7 @@ use curate_core::record::{ImageRecord, Status, Stored};
 use curate_vision::image::imageops::FilterType;
 use curate_vision::{Format, Limits};
 
-use crate::cli::StorePolicy;
+use crate::cli::{ImageArgs, StorePolicy};
 
 /// How image bytes are checked and stored.
 #[derive(Debug, Clone)]
@@ -17,6 +17,21 @@ pub struct Validation {
     pub min_side: u32,
     /// Larger images are downscaled (Lanczos) to this long side and re-encoded.
     pub max_side: Option<u32>,
+}
+
+impl Validation {
+    pub fn new(args: &ImageArgs, min_side: u32, max_side: Option<u32>) -> Self {
+        Validation {
+            store: args.store,
+            limits: Limits {
+                max_pixels: args.max_pixels,
+                ..Limits::default()
+            },
+            jpeg_quality: args.jpeg_quality,
+            min_side,
+            max_side,
+        }
+    }
 }
 
 /// Decodes and checks `bytes`, and decides what to store. Never fails:

@@ -45,6 +45,7 @@ pub struct Progress {
     start: Instant,
     last_log: Instant,
     log: bool,
+    detail: String,
 }
 
 impl Progress {
@@ -68,6 +69,7 @@ impl Progress {
             start: Instant::now(),
             last_log: Instant::now(),
             log: mode == ProgressMode::Log,
+            detail: String::new(),
         }
     }
 
@@ -75,18 +77,24 @@ impl Progress {
     pub fn inc(&mut self, n: u64) {
         self.done += n;
         if let Some(b) = &self.bar {
-            b.set_message(format!("{:.1} images/s", self.rate()));
+            b.set_message(format!("{:.1} images/s{}", self.rate(), self.detail));
             b.inc(n);
         } else if self.log && self.last_log.elapsed() >= Duration::from_secs(10) {
             self.last_log = Instant::now();
             tracing::info!(
-                "{}: {}/{} images, {:.1} images/s",
+                "{}: {}/{} images, {:.1} images/s{}",
                 self.stage,
                 self.done,
                 self.total,
-                self.rate()
+                self.rate(),
+                self.detail
             );
         }
+    }
+
+    /// Extra figures shown after the rate (", 98.1% ok, 12.0 MB/s").
+    pub fn set_detail(&mut self, detail: String) {
+        self.detail = detail;
     }
 
     /// A one-line event (shard done, shard skipped) without tearing the bar.

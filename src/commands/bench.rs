@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use rayon::prelude::*;
 
-use crate::cli::{BenchArgs, BenchStage, IngestArgs, ShardArgs, StorePolicy};
+use crate::cli::{BenchArgs, BenchStage, ImageArgs, IngestArgs, ShardArgs, StorePolicy};
 use crate::progress::peak_rss_bytes;
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -89,10 +89,12 @@ fn bench_ingest(input: &Path, scratch: &Path) -> anyhow::Result<()> {
         input: input.to_path_buf(),
         output: out.clone(),
         shard_size: 1000,
-        store: StorePolicy::Auto,
-        max_pixels: limits.max_pixels,
-        jpeg_quality: 95,
-        threads: 0,
+        image: ImageArgs {
+            store: StorePolicy::Auto,
+            max_pixels: limits.max_pixels,
+            jpeg_quality: 95,
+            threads: 0,
+        },
         overwrite: false,
         shards: ShardArgs {
             shard_index: Some(0),

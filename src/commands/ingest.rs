@@ -8,26 +8,25 @@
 //! complete, exact duplicates (same sha256) are listed in
 //! `exact_duplicates.parquet`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use arrow_array::{Array, RecordBatch, StringArray};
 use curate_core::hash::Fingerprint;
 use curate_core::record::{record_key, ImageRecord};
 use curate_core::split::ShardSplit;
 use curate_core::stage::{Inputs, Opened, ShardRecord, ShardState, StageDir, StageSpec};
 use curate_io::{images, ShardOptions, ShardWriter};
-use curate_vision::{Format, Limits};
+use curate_vision::Format;
 use rayon::prelude::*;
 
+use super::shared::{self, DUPLICATES_FILE};
 use super::StageSummary;
 use crate::cli::IngestArgs;
 use crate::imaging::{image_record, Validation};
 use crate::progress::{peak_rss_bytes, Progress};
 
-pub const DUPLICATES_FILE: &str = "exact_duplicates.parquet";
 /// Rows decoded in parallel and written as one row group.
 const BATCH_ROWS: usize = 64;
 
@@ -68,9 +67,9 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
         schema: "images".into(),
         config: serde_json::json!({
             "shard_size": args.shard_size,
-            "store": args.store,
-            "max_pixels": args.max_pixels,
-            "jpeg_quality": args.jpeg_quality,
+            "store": args.image.store,
+            "max_pixels": args.image.max_pixels,
+            "jpeg_quality": args.image.jpeg_quality,
         }),
         inputs: Inputs {
             kind: "directory".into(),
@@ -95,19 +94,10 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
     }
 
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(args.threads)
+        .num_threads(args.image.threads)
         .build()
         .context("decoder thread pool")?;
-    let validation = Validation {
-        store: args.store,
-        limits: Limits {
-            max_pixels: args.max_pixels,
-            ..Limits::default()
-        },
-        jpeg_quality: args.jpeg_quality,
-        min_side: 0,
-        max_side: None,
-    };
+    let validation = Validation::new(&args.image, 0, None);
     let table = images::table();
     let check = |path: &Path, rec: &ShardRecord| {
         curate_io::verify_shard(path, table, Some(rec.records))
@@ -118,7 +108,7 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
     let owned: Vec<u32> = split.owned(num_shards).collect();
     let owned_items: u64 = owned
         .iter()
-        .map(|&s| shard_range(s, args.shard_size, files.len()).len() as u64)
+        .map(|&s| shared::shard_range(s, args.shard_size, files.len()).len() as u64)
         .sum();
     let mut progress = Progress::new("ingest", owned_items);
     let mut summary = StageSummary {
@@ -126,11 +116,11 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
         ..Default::default()
     };
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
-    let stall_after = test_stall_after_rows();
+    let stall_after = shared::test_stall_after_rows();
     let mut rows_this_run = 0u64;
 
     for &shard in &owned {
-        let range = shard_range(shard, args.shard_size, files.len());
+        let range = shared::shard_range(shard, args.shard_size, files.len());
         match stage.shard_state(shard, check)? {
             ShardState::Complete(rec) => {
                 summary.shards_skipped += 1;
@@ -178,7 +168,7 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
             progress.inc(records.len() as u64);
             rows_this_run += records.len() as u64;
             if stall_after.is_some_and(|n| rows_this_run >= n) {
-                stall(rows_this_run);
+                shared::stall(rows_this_run);
             }
         }
         let (records, bytes) = writer.finish()?;
@@ -216,7 +206,7 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
     if manifest.complete {
         let dup_path = stage.dir().join(DUPLICATES_FILE);
         if summary.shards_written > 0 || !dup_path.exists() {
-            let n = write_exact_duplicates(&stage, &dup_path)?;
+            let n = shared::write_exact_duplicates(&stage, &dup_path)?;
             tracing::info!(
                 "ingest: {n} exact duplicates listed in {}",
                 dup_path.display()
@@ -252,11 +242,6 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
         );
     }
     Ok(summary)
-}
-
-fn shard_range(shard: u32, size: u32, total: usize) -> std::ops::Range<usize> {
-    let start = shard as usize * size as usize;
-    start..(start + size as usize).min(total)
 }
 
 /// Image files under `root`, sorted by relative path, and the count of
@@ -301,76 +286,5 @@ fn ingest_one(input: &Input, validation: &Validation) -> ImageRecord {
     match std::fs::read(&input.path) {
         Ok(bytes) => image_record(key, input.rel.clone(), bytes, validation),
         Err(e) => ImageRecord::failed(key, input.rel.clone(), "io", format!("reading: {e}"), 0),
-    }
-}
-
-/// Lists records whose source bytes equal an earlier record's (input
-/// order: shard, then row). Reads only the key, sha256 and status columns.
-pub fn write_exact_duplicates(stage: &StageDir, dest: &Path) -> anyhow::Result<usize> {
-    let images = images::table();
-    let mut first: HashMap<String, String> = HashMap::new();
-    let (mut keys, mut shas, mut canon) = (Vec::new(), Vec::new(), Vec::new());
-    for shard in 0..stage.num_shards() {
-        let batches = curate_io::read_columns(
-            &stage.shard_path(shard),
-            images,
-            Some(&["key", "status", "sha256"]),
-        )?;
-        for b in batches {
-            let col = |n: &str| {
-                b.column_by_name(n)
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                    .cloned()
-                    .with_context(|| format!("column `{n}`"))
-            };
-            let (key, status, sha) = (col("key")?, col("status")?, col("sha256")?);
-            for i in 0..b.num_rows() {
-                if status.value(i) != "ok" || !sha.is_valid(i) {
-                    continue;
-                }
-                let s = sha.value(i);
-                match first.get(s) {
-                    Some(c) => {
-                        keys.push(key.value(i).to_string());
-                        shas.push(s.to_string());
-                        canon.push(c.clone());
-                    }
-                    None => {
-                        first.insert(s.to_string(), key.value(i).to_string());
-                    }
-                }
-            }
-        }
-    }
-    let table = curate_core::schema::get("exact_duplicates")?;
-    let schema = curate_io::default_schema(table)?;
-    let n = keys.len();
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            std::sync::Arc::new(StringArray::from(keys)),
-            std::sync::Arc::new(StringArray::from(shas)),
-            std::sync::Arc::new(StringArray::from(canon)),
-        ],
-    )?;
-    curate_io::write_table(table, dest, &[batch], schema)?;
-    Ok(n)
-}
-
-/// Test hook: `CURATE_TEST_STALL_AFTER_ROWS=N` makes the process stop
-/// making progress once N rows of this run are on disk (mid-shard, its
-/// temporary file half written), so a test can SIGKILL it at a known point
-/// without sleeping.
-fn test_stall_after_rows() -> Option<u64> {
-    std::env::var("CURATE_TEST_STALL_AFTER_ROWS")
-        .ok()?
-        .parse()
-        .ok()
-}
-
-fn stall(rows: u64) -> ! {
-    eprintln!("curate: test hook: stalled after {rows} rows");
-    loop {
-        std::thread::park();
     }
 }

@@ -2,9 +2,11 @@
 
 mod bench;
 mod doctor;
+pub mod fetch;
 pub mod ingest;
 pub mod run;
 mod setup;
+pub mod shared;
 mod status;
 
 use anyhow::bail;
@@ -27,6 +29,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Ingest(args) => ingest::run(&args).map(|_| ()),
+        Command::Fetch(args) => fetch::run(&args).map(|_| ()),
         Command::Run(args) => run::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Doctor(args) => doctor::run(&args),

@@ -122,6 +122,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         let t = Instant::now();
         let summary = match &cli.command {
             Command::Ingest(a) => super::ingest::run(a),
+            Command::Fetch(a) => super::fetch::run(a),
             _ => bail!("stage `{name}`: `{}` is not a pipeline stage", stage.run),
         }
         .with_context(|| format!("stage `{name}` ({})", stage.run))?;

@@ -2,5 +2,6 @@
 
 mod cli;
 mod common;
+mod fetch;
 mod ingest;
 mod resume;

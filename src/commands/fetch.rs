@@ -1,0 +1,765 @@
+//! `curate fetch LISTS…`: URL lists → image shards, the same `images`
+//! table as `ingest` plus the download facts.
+//!
+//! The concatenated lists are cut into shards of `--shard-size` URLs.
+//! Downloads run on a tokio runtime (`--concurrency` in flight, per-host
+//! limits); each body is validated (decoded with bomb limits, placeholder
+//! and size checks) on a bounded blocking pool, and rows are written in
+//! list order through a small reorder buffer, so memory stays bounded by
+//! what is in flight. `--retry-failed` re-attempts only the retryable
+//! failures of complete shards.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use curate_core::hash::{sha256_hex, Fingerprint};
+use curate_core::record::{record_key, DownloadFacts, ImageRecord, Status};
+use curate_core::split::ShardSplit;
+use curate_core::stage::{Inputs, ShardRecord, ShardState, StageDir, StageSpec};
+use curate_fetch::{Client, Download, FetchConfig};
+use curate_io::{images, ShardOptions, ShardWriter};
+
+use super::shared::{self, DUPLICATES_FILE};
+use super::StageSummary;
+use crate::cli::FetchArgs;
+use crate::imaging::{image_record, Validation};
+use crate::progress::{peak_rss_bytes, Progress};
+
+const BATCH_ROWS: usize = 64;
+/// Failures worth another try with `--retry-failed`.
+const RETRYABLE: &[&str] = &["rate_limited", "timeout", "connection", "truncated"];
+
+/// One input list.
+struct UrlList {
+    path: PathBuf,
+    rows: u64,
+    parquet: bool,
+}
+
+/// A list row: the URL and its photo page.
+type Row = (String, Option<String>);
+
+/// The concatenated lists, loaded one file at a time.
+struct Lists {
+    lists: Vec<UrlList>,
+    url_col: String,
+    page_col: String,
+    /// The list loaded last: (index, rows).
+    cache: Option<(usize, Vec<Row>)>,
+}
+
+impl Lists {
+    fn open(paths: &[PathBuf], url_col: &str, page_col: &str) -> anyhow::Result<Self> {
+        let mut lists = Vec::new();
+        for p in paths {
+            let parquet = p
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+            let rows = if parquet {
+                curate_io::row_count(p)?
+            } else {
+                read_text_list(p)?.len() as u64
+            };
+            lists.push(UrlList {
+                path: p.clone(),
+                rows,
+                parquet,
+            });
+        }
+        Ok(Lists {
+            lists,
+            url_col: url_col.to_string(),
+            page_col: page_col.to_string(),
+            cache: None,
+        })
+    }
+
+    fn total(&self) -> usize {
+        self.lists.iter().map(|l| l.rows as usize).sum()
+    }
+
+    fn fingerprint(&self) -> String {
+        let mut fp = Fingerprint::new();
+        for l in &self.lists {
+            let name = l
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            fp.add(name.as_bytes());
+            fp.add(&l.rows.to_le_bytes());
+            fp.add(
+                &std::fs::metadata(&l.path)
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+                    .to_le_bytes(),
+            );
+        }
+        fp.finish()
+    }
+
+    fn load(&mut self, i: usize) -> anyhow::Result<&[Row]> {
+        if self.cache.as_ref().map(|(j, _)| *j) != Some(i) {
+            let l = &self.lists[i];
+            let rows = if l.parquet {
+                let cols =
+                    match curate_io::read_utf8_columns(&l.path, &[&self.url_col, &self.page_col]) {
+                        Ok(c) => c,
+                        Err(curate_io::IoError::MissingInputColumn { column, .. })
+                            if column == self.page_col =>
+                        {
+                            curate_io::read_utf8_columns(&l.path, &[&self.url_col])?
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                let pages = cols
+                    .get(1)
+                    .cloned()
+                    .unwrap_or_else(|| vec![None; cols[0].len()]);
+                cols[0]
+                    .iter()
+                    .zip(pages)
+                    .map(|(u, p)| (u.clone().unwrap_or_default(), p))
+                    .collect()
+            } else {
+                read_text_list(&l.path)?
+                    .into_iter()
+                    .map(|u| (u, None))
+                    .collect()
+            };
+            self.cache = Some((i, rows));
+        }
+        Ok(&self.cache.as_ref().expect("loaded").1)
+    }
+
+    /// Rows `range` of the concatenated lists: (url, page url).
+    fn rows(
+        &mut self,
+        range: std::ops::Range<usize>,
+    ) -> anyhow::Result<Vec<(String, Option<String>)>> {
+        let mut out = Vec::with_capacity(range.len());
+        let mut offset = 0usize;
+        for i in 0..self.lists.len() {
+            let n = self.lists[i].rows as usize;
+            let (lo, hi) = (range.start.max(offset), range.end.min(offset + n));
+            if lo < hi {
+                let rows = self.load(i)?;
+                out.extend_from_slice(&rows[lo - offset..hi - offset]);
+            }
+            offset += n;
+        }
+        Ok(out)
+    }
+
+    /// "file:first-last" labels of the slices a row range covers.
+    fn describe(&self, range: std::ops::Range<usize>) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut offset = 0usize;
+        for l in &self.lists {
+            let n = l.rows as usize;
+            let (lo, hi) = (range.start.max(offset), range.end.min(offset + n));
+            if lo < hi {
+                let name = l
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                out.push(format!("{name}:{}-{}", lo - offset, hi - offset - 1));
+            }
+            offset += n;
+        }
+        out
+    }
+}
+
+fn read_text_list(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading URL list {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// One URL to fetch, at `slot` in its shard.
+struct Item {
+    key: String,
+    listed: String,
+    page: Option<String>,
+    /// A record decided without fetching (invalid or repeated URL).
+    decided: Option<ImageRecord>,
+}
+
+/// What validation needs besides the image rules.
+#[derive(Clone)]
+struct Checks {
+    validation: Validation,
+    min_bytes: u64,
+    placeholders: Arc<HashSet<String>>,
+}
+
+pub fn run(args: &FetchArgs) -> anyhow::Result<StageSummary> {
+    let split = ShardSplit::from_env(args.shards.shard_index, args.shards.num_shards)?;
+    if args.shard_size == 0 {
+        bail!("--shard-size must be at least 1");
+    }
+    let base = match &args.base_url {
+        Some(b) => Some(reqwest_url(b).with_context(|| format!("--base-url {b}"))?),
+        None => None,
+    };
+    let mut lists = Lists::open(&args.inputs, &args.url_col, &args.page_col)?;
+    let total = lists.total();
+    if total == 0 {
+        bail!("the URL lists hold no URLs");
+    }
+    let placeholders: HashSet<String> = args
+        .placeholder_sha256
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    if let Some(bad) = placeholders
+        .iter()
+        .find(|h| h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        bail!("--placeholder-sha256 {bad}: expected 64 hex digits");
+    }
+    let mut sorted_placeholders: Vec<&String> = placeholders.iter().collect();
+    sorted_placeholders.sort();
+    let num_shards = total.div_ceil(args.shard_size as usize) as u32;
+    let spec = StageSpec {
+        stage: "fetch".into(),
+        schema: "images".into(),
+        config: serde_json::json!({
+            "url_col": args.url_col,
+            "page_col": args.page_col,
+            "shard_size": args.shard_size,
+            "store": args.image.store,
+            "max_pixels": args.image.max_pixels,
+            "jpeg_quality": args.image.jpeg_quality,
+            "max_bytes": args.max_bytes,
+            "min_bytes": args.min_bytes,
+            "min_side": args.min_side,
+            "max_side": args.max_side,
+            "placeholder_sha256": sorted_placeholders,
+        }),
+        inputs: Inputs {
+            kind: "url_list".into(),
+            location: args
+                .inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            items: total as u64,
+            fingerprint: lists.fingerprint(),
+            shards: args
+                .inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+        },
+        num_shards,
+    };
+    let (mut stage, _) = StageDir::open(&args.output, &spec, args.overwrite)?;
+
+    let client = Arc::new(Client::new(FetchConfig {
+        concurrency: args.concurrency,
+        per_host_concurrency: args.per_host_concurrency,
+        per_host_rps: args.per_host_rps,
+        retries: args.retries,
+        backoff_base: Duration::from_secs_f64(args.backoff.max(0.0)),
+        backoff_max: Duration::from_secs(120),
+        max_retry_after: Duration::from_secs_f64(args.max_retry_after.max(0.0)),
+        connect_timeout: Duration::from_secs_f64(args.connect_timeout.max(0.001)),
+        timeout: Duration::from_secs_f64(args.timeout.max(0.001)),
+        max_bytes: args.max_bytes,
+        max_redirects: args.max_redirects,
+        user_agent: args
+            .user_agent
+            .clone()
+            .unwrap_or_else(|| FetchConfig::default().user_agent),
+    })?);
+    let threads = if args.image.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        args.image.threads
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.clamp(1, 4))
+        .max_blocking_threads(threads.max(1) * 2)
+        .enable_all()
+        .build()
+        .context("starting the download runtime")?;
+    let checks = Checks {
+        validation: Validation::new(&args.image, args.min_side, args.max_side),
+        min_bytes: args.min_bytes,
+        placeholders: Arc::new(placeholders),
+    };
+    let decode_slots = Arc::new(tokio::sync::Semaphore::new(threads));
+    let table = images::table();
+    let check = |path: &Path, rec: &ShardRecord| {
+        curate_io::verify_shard(path, table, Some(rec.records))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+
+    let owned: Vec<u32> = split.owned(num_shards).collect();
+    let owned_items: u64 = owned
+        .iter()
+        .map(|&s| shared::shard_range(s, args.shard_size, total).len() as u64)
+        .sum();
+    let mut progress = Progress::new("fetch", owned_items);
+    let mut summary = StageSummary {
+        shards_total: num_shards,
+        ..Default::default()
+    };
+    let stall_after = shared::test_stall_after_rows();
+    let mut rows_this_run = 0u64;
+    let mut retried_shards = 0u32;
+    let started = Instant::now();
+
+    for &shard in &owned {
+        let range = shared::shard_range(shard, args.shard_size, total);
+        match stage.shard_state(shard, check)? {
+            ShardState::Complete(rec) => {
+                if args.retry_failed
+                    && rec
+                        .reasons
+                        .keys()
+                        .any(|r| RETRYABLE.contains(&r.as_str()) || r == "http_error")
+                {
+                    let (records, failures) = retry_shard(
+                        &stage,
+                        shard,
+                        &rec,
+                        &rt,
+                        &client,
+                        &checks,
+                        &decode_slots,
+                        base.as_ref(),
+                    )?;
+                    retried_shards += 1;
+                    summary.records += records;
+                    summary.failures += failures;
+                } else {
+                    summary.records += rec.records;
+                    summary.failures += rec.failures;
+                }
+                summary.shards_skipped += 1;
+                progress.inc(range.len() as u64);
+                continue;
+            }
+            ShardState::Corrupt(why) => {
+                tracing::warn!("fetch: shard {shard} is damaged ({why}); redoing it")
+            }
+            ShardState::Missing => {}
+        }
+        let t = Instant::now();
+        let rows = lists.rows(range.clone())?;
+        let items = plan_items(rows, base.as_ref());
+        stage.begin_shard(shard)?;
+        let dest = stage.shard_path(shard);
+        let mut writer = ShardWriter::create(
+            table,
+            images::arrow_schema(),
+            &stage.tmp_path(shard),
+            &dest,
+            &ShardOptions {
+                row_group_rows: BATCH_ROWS,
+                ..ShardOptions::default()
+            },
+        )?;
+        let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+        let mut failures = 0u64;
+        fetch_items(
+            &rt,
+            &client,
+            items,
+            &checks,
+            &decode_slots,
+            base.as_ref(),
+            |batch| {
+                for r in &batch {
+                    if let Some(reason) = &r.reason {
+                        failures += 1;
+                        *reasons.entry(reason.clone()).or_default() += 1;
+                    }
+                }
+                writer.write(&images::to_batch(&batch).context("building an images batch")?)?;
+                writer.flush()?;
+                progress.inc(batch.len() as u64);
+                let s = &client.stats;
+                let done = s.done.load(Ordering::Relaxed).max(1);
+                progress.set_detail(format!(
+                    ", {:.1}% ok, {:.1} MB/s, {} retries ({} waiting)",
+                    100.0 * s.ok.load(Ordering::Relaxed) as f64 / done as f64,
+                    s.bytes.load(Ordering::Relaxed) as f64
+                        / 1e6
+                        / started.elapsed().as_secs_f64().max(1e-9),
+                    s.retries.load(Ordering::Relaxed),
+                    s.waiting_to_retry.load(Ordering::Relaxed),
+                ));
+                rows_this_run += batch.len() as u64;
+                if stall_after.is_some_and(|n| rows_this_run >= n) {
+                    shared::stall(rows_this_run);
+                }
+                Ok(())
+            },
+        )?;
+        let (records, bytes) = writer.finish()?;
+        let duration_s = t.elapsed().as_secs_f64();
+        stage.commit_shard(ShardRecord {
+            shard,
+            file: StageDir::shard_name(shard),
+            records,
+            failures,
+            reasons: reasons.clone(),
+            bytes,
+            duration_s,
+            inputs: lists.describe(range.clone()),
+            completed_unix: 0,
+            host: None,
+            slurm_job: None,
+        })?;
+        progress.event(&format!(
+            "fetch: shard {shard} complete: {records} URLs, {failures} failed, {:.1} images/s",
+            records as f64 / duration_s.max(1e-9)
+        ));
+        summary.shards_written += 1;
+        summary.records += records;
+        summary.failures += failures;
+    }
+    progress.finish();
+
+    let manifest = stage.consolidate(&[])?.clone();
+    if manifest.complete {
+        let dup_path = stage.dir().join(DUPLICATES_FILE);
+        if summary.shards_written > 0 || retried_shards > 0 || !dup_path.exists() {
+            let n = shared::write_exact_duplicates(&stage, &dup_path)?;
+            tracing::info!(
+                "fetch: {n} exact duplicates listed in {}",
+                dup_path.display()
+            );
+        }
+        stage.consolidate(&[DUPLICATES_FILE.to_string()])?;
+    }
+    let s = &client.stats;
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "fetch: {} shards written, {} skipped{}; {rows_this_run} URLs in {secs:.2} s ({:.1} images/s), {} ok, {:.1} MB at {:.1} MB/s, {} retries, peak RSS {:.1} MiB",
+        summary.shards_written,
+        summary.shards_skipped,
+        if retried_shards > 0 { format!(" ({retried_shards} retried)") } else { String::new() },
+        rows_this_run as f64 / secs.max(1e-9),
+        s.ok.load(Ordering::Relaxed),
+        s.bytes.load(Ordering::Relaxed) as f64 / 1e6,
+        s.bytes.load(Ordering::Relaxed) as f64 / 1e6 / secs.max(1e-9),
+        s.retries.load(Ordering::Relaxed),
+        peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
+    );
+    Ok(summary)
+}
+
+fn reqwest_url(s: &str) -> anyhow::Result<reqwest::Url> {
+    let mut s = s.to_string();
+    if !s.ends_with('/') {
+        s.push('/');
+    }
+    Ok(reqwest::Url::parse(&s)?)
+}
+
+/// The URL to request for a listed one.
+fn absolute(listed: &str, base: Option<&reqwest::Url>) -> String {
+    match base {
+        Some(b) if reqwest::Url::parse(listed).is_err() => b
+            .join(listed.trim_start_matches('/'))
+            .map(|u| u.to_string())
+            .unwrap_or_else(|_| listed.to_string()),
+        _ => listed.to_string(),
+    }
+}
+
+/// Keys, and the records decided without a request: empty or repeated URLs.
+fn plan_items(rows: Vec<Row>, base: Option<&reqwest::Url>) -> Vec<Item> {
+    let mut seen = HashSet::new();
+    rows.into_iter()
+        .map(|(listed, page)| {
+            let key = record_key(&listed);
+            let decided = if listed.trim().is_empty() {
+                Some(ImageRecord::failed(
+                    key.clone(),
+                    listed.clone(),
+                    "invalid_url",
+                    "empty URL".into(),
+                    0,
+                ))
+            } else if !seen.insert(listed.clone()) {
+                Some(ImageRecord::failed(
+                    key.clone(),
+                    listed.clone(),
+                    "duplicate_url",
+                    "the URL appears earlier in this shard".into(),
+                    0,
+                ))
+            } else {
+                None
+            };
+            let mut item = Item {
+                key,
+                listed,
+                page,
+                decided,
+            };
+            if let Some(r) = item.decided.as_mut() {
+                r.download = Some(DownloadFacts {
+                    url: absolute(&item.listed, base),
+                    page_url: item.page.clone(),
+                    ..DownloadFacts::default()
+                });
+            }
+            item
+        })
+        .collect()
+}
+
+/// Fetches and validates `items`, handing `sink` batches of records in
+/// item order.
+fn fetch_items(
+    rt: &tokio::runtime::Runtime,
+    client: &Arc<Client>,
+    items: Vec<Item>,
+    checks: &Checks,
+    decode_slots: &Arc<tokio::sync::Semaphore>,
+    base: Option<&reqwest::Url>,
+    mut sink: impl FnMut(Vec<ImageRecord>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let n = items.len();
+    rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, ImageRecord)>();
+        for (order, item) in items.into_iter().enumerate() {
+            let tx = tx.clone();
+            let client = client.clone();
+            let checks = checks.clone();
+            let slots = decode_slots.clone();
+            let url = absolute(&item.listed, base);
+            tokio::spawn(async move {
+                let record = match item.decided {
+                    Some(r) => r,
+                    None => {
+                        let download = client.fetch(&url).await;
+                        let _slot = slots.acquire_owned().await.expect("never closed");
+                        let (key, listed, page) = (item.key, item.listed, item.page);
+                        tokio::task::spawn_blocking(move || {
+                            validate(key, listed, page, download, &checks)
+                        })
+                        .await
+                        .unwrap_or_else(|e| {
+                            ImageRecord::failed(
+                                String::new(),
+                                url,
+                                "undecodable",
+                                format!("validation panicked: {e}"),
+                                0,
+                            )
+                        })
+                    }
+                };
+                let _ = tx.send((order, record));
+            });
+        }
+        drop(tx);
+        let mut pending: BTreeMap<usize, ImageRecord> = BTreeMap::new();
+        let mut next = 0usize;
+        let mut batch = Vec::with_capacity(BATCH_ROWS);
+        while let Some((i, rec)) = rx.recv().await {
+            pending.insert(i, rec);
+            while let Some(r) = pending.remove(&next) {
+                batch.push(r);
+                next += 1;
+                if batch.len() == BATCH_ROWS {
+                    sink(std::mem::take(&mut batch))?;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            sink(batch)?;
+        }
+        if next != n {
+            bail!("{} of {n} downloads produced no record", n - next);
+        }
+        Ok(())
+    })
+}
+
+/// A download → a record: failures keep their reason; bodies go through
+/// the placeholder checks and the shared image validation.
+fn validate(
+    key: String,
+    listed: String,
+    page: Option<String>,
+    d: Download,
+    checks: &Checks,
+) -> ImageRecord {
+    let facts = DownloadFacts {
+        url: d.url.clone(),
+        page_url: page,
+        http_status: d.status,
+        attempts: d.attempts.min(255) as u8,
+        fetch_ms: d.elapsed.as_millis().min(u32::MAX as u128) as u32,
+    };
+    let mut rec = match (d.failure, d.body) {
+        (Some(f), _) => ImageRecord::failed(key, listed, f.reason, f.message, 0),
+        (None, None) => ImageRecord::failed(key, listed, "connection", "no body".into(), 0),
+        (None, Some(body)) => {
+            let size = body.len() as u64;
+            let sha = sha256_hex(&body);
+            let looks_like_text = d
+                .content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with("text/"))
+                || body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<');
+            let rejected = if looks_like_text && curate_vision::detect_format(&body).is_err() {
+                Some((
+                    "not_an_image",
+                    format!(
+                        "Content-Type {}, {size} bytes of text/markup",
+                        d.content_type.as_deref().unwrap_or("(none)")
+                    ),
+                ))
+            } else if size < checks.min_bytes {
+                Some((
+                    "placeholder",
+                    format!(
+                        "body of {size} bytes is below --min-bytes {}",
+                        checks.min_bytes
+                    ),
+                ))
+            } else {
+                None
+            };
+            let rejected = rejected.or_else(|| {
+                checks.placeholders.contains(&sha).then(|| {
+                    (
+                        "placeholder",
+                        format!("body is a known placeholder image (sha256 {sha})"),
+                    )
+                })
+            });
+            match rejected {
+                Some((reason, why)) => {
+                    let mut r = ImageRecord::failed(key, listed, reason, why, size);
+                    r.sha256 = Some(sha);
+                    r
+                }
+                None => image_record(key, listed, body, &checks.validation),
+            }
+        }
+    };
+    rec.download = Some(facts);
+    rec
+}
+
+/// Re-fetches the retryable failures of a complete shard and rewrites it.
+#[allow(clippy::too_many_arguments)]
+fn retry_shard(
+    stage: &StageDir,
+    shard: u32,
+    journal: &ShardRecord,
+    rt: &tokio::runtime::Runtime,
+    client: &Arc<Client>,
+    checks: &Checks,
+    decode_slots: &Arc<tokio::sync::Semaphore>,
+    base: Option<&reqwest::Url>,
+) -> anyhow::Result<(u64, u64)> {
+    let table = images::table();
+    let path = stage.shard_path(shard);
+    let mut records = Vec::new();
+    for b in curate_io::read_shard(&path, table)? {
+        records.extend(images::from_batch(&b)?);
+    }
+    let retry: Vec<usize> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            let reason = r.reason.as_deref().unwrap_or("");
+            RETRYABLE.contains(&reason)
+                || (reason == "http_error"
+                    && r.download
+                        .as_ref()
+                        .and_then(|d| d.http_status)
+                        .is_some_and(|s| s >= 500))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if retry.is_empty() {
+        return Ok((journal.records, journal.failures));
+    }
+    let items: Vec<Item> = retry
+        .iter()
+        .map(|&i| Item {
+            key: records[i].key.clone(),
+            listed: records[i].source.clone(),
+            page: records[i]
+                .download
+                .as_ref()
+                .and_then(|d| d.page_url.clone()),
+            decided: None,
+        })
+        .collect();
+    let mut fresh = Vec::with_capacity(items.len());
+    fetch_items(rt, client, items, checks, decode_slots, base, |batch| {
+        fresh.extend(batch);
+        Ok(())
+    })?;
+    let mut recovered = 0;
+    for (&i, mut rec) in retry.iter().zip(fresh) {
+        if rec.status == Status::Ok {
+            recovered += 1;
+        }
+        if let (Some(old), Some(new)) = (records[i].download.as_ref(), rec.download.as_mut()) {
+            new.attempts = new.attempts.saturating_add(old.attempts);
+        }
+        records[i] = rec;
+    }
+    let t = Instant::now();
+    let mut writer = ShardWriter::create(
+        table,
+        images::arrow_schema(),
+        &stage.tmp_path(shard),
+        &path,
+        &ShardOptions {
+            row_group_rows: BATCH_ROWS,
+            ..ShardOptions::default()
+        },
+    )?;
+    for chunk in records.chunks(BATCH_ROWS) {
+        writer.write(&images::to_batch(chunk)?)?;
+    }
+    let (rows, bytes) = writer.finish()?;
+    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &records {
+        if let Some(reason) = &r.reason {
+            *reasons.entry(reason.clone()).or_default() += 1;
+        }
+    }
+    let failures = reasons.values().sum();
+    stage.commit_shard(ShardRecord {
+        records: rows,
+        failures,
+        reasons,
+        bytes,
+        duration_s: journal.duration_s + t.elapsed().as_secs_f64(),
+        ..journal.clone()
+    })?;
+    tracing::info!(
+        "fetch: shard {shard}: retried {} failed URLs, {recovered} recovered",
+        retry.len()
+    );
+    Ok((rows, failures))
+}
