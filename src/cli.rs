@@ -278,6 +278,7 @@ pub struct SetupArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchStage {
     Ingest,
+    Fetch,
 }
 
 #[derive(Debug, Args)]
@@ -288,8 +289,8 @@ pub struct BenchArgs {
     /// Measure on this folder instead of generated photos.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Generated photos.
-    #[arg(long, default_value_t = 500)]
+    /// Generated photos (half at --width × --height, half at 500 px long side).
+    #[arg(long, default_value_t = 1000)]
     pub images: usize,
     /// Generated photo width (every third is portrait).
     #[arg(long, default_value_t = 1024)]
@@ -297,4 +298,13 @@ pub struct BenchArgs {
     /// Generated photo height.
     #[arg(long, default_value_t = 768)]
     pub height: u32,
+    /// fetch: URLs in the list (the photos repeat under distinct URLs).
+    #[arg(long, default_value_t = 5000)]
+    pub urls: usize,
+    /// fetch: requests in flight.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Keep the generated photos in this folder (to compare other tools on the same files).
+    #[arg(long)]
+    pub keep: Option<PathBuf>,
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
+use clap::Parser;
 use rayon::prelude::*;
 
 use crate::cli::{BenchArgs, BenchStage, ImageArgs, IngestArgs, ShardArgs, StorePolicy};
@@ -16,7 +17,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let input = match &args.dir {
         Some(d) => d.clone(),
         None => {
-            let dir = scratch.join("photos");
+            let dir = args.keep.clone().unwrap_or_else(|| scratch.join("photos"));
             let t = Instant::now();
             let bytes = generate(&dir, args.images, args.width, args.height)?;
             println!(
@@ -32,6 +33,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let result = match args.stage {
         BenchStage::Ingest => bench_ingest(&input, &scratch),
+        BenchStage::Fetch => bench_fetch(args, &input, &scratch),
     };
     let _ = std::fs::remove_dir_all(&scratch);
     result
@@ -118,6 +120,62 @@ fn bench_ingest(input: &Path, scratch: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves the photos from a local server as `--urls` distinct URLs and
+/// runs the full fetch (download, decode check, parquet write).
+fn bench_fetch(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Result<()> {
+    let names: Vec<String> = walkdir::WalkDir::new(input)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            e.path()
+                .strip_prefix(input)
+                .expect("under input")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    anyhow::ensure!(!names.is_empty(), "no files under {}", input.display());
+    let server = curate_fetch::testing::TestServer::start(input)?;
+    let list = scratch.join("urls.txt");
+    let urls: Vec<String> = (0..args.urls)
+        .map(|i| format!("files/{}?copy={i}", names[i % names.len()]))
+        .collect();
+    std::fs::write(&list, urls.join("\n"))?;
+    let out = scratch.join("fetch");
+    let argv = [
+        "curate".to_string(),
+        "fetch".into(),
+        list.display().to_string(),
+        "--output".into(),
+        out.display().to_string(),
+        "--base-url".into(),
+        server.base_url(),
+        "--concurrency".into(),
+        args.concurrency.to_string(),
+        "--shard-index".into(),
+        "0".into(),
+        "--num-shards".into(),
+        "1".into(),
+    ];
+    let cli = crate::cli::Cli::try_parse_from(argv)?;
+    let crate::cli::Command::Fetch(fetch_args) = cli.command else {
+        unreachable!("parsed a fetch command")
+    };
+    let t = Instant::now();
+    let summary = super::fetch::run(&fetch_args)?;
+    let secs = t.elapsed().as_secs_f64();
+    let served = server.total_requests();
+    println!(
+        "fetch end to end: {} URLs in {secs:.2} s = {:.1} images/s ({} failed, {served} requests), peak RSS {:.0} MiB",
+        summary.records,
+        summary.records as f64 / secs,
+        summary.failures,
+        peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
 /// Photo-like JPEGs: smooth colour fields plus fine noise, so they compress
 /// like photographs (Flickr `_b` size: 1024 px long side, ~150–300 kB).
 fn generate(dir: &Path, count: usize, width: u32, height: u32) -> anyhow::Result<u64> {
@@ -125,31 +183,14 @@ fn generate(dir: &Path, count: usize, width: u32, height: u32) -> anyhow::Result
     let sizes: Vec<u64> = (0..count)
         .into_par_iter()
         .map(|i| -> anyhow::Result<u64> {
-            let mut state = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let mut rnd = move || {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state
-            };
-            let phase = (rnd() % 1000) as f32 / 100.0;
-            let (w, h) = if i % 3 == 0 {
-                (height, width)
+            // Flickr sizes: every other photo at 500 px long side, every third portrait.
+            let (w, h) = if i % 2 == 1 {
+                (500, (500 * height / width.max(1)).max(1))
             } else {
                 (width, height)
             };
-            let img = curate_vision::image::RgbImage::from_fn(w, h, |x, y| {
-                let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
-                let n = (rnd() % 24) as f32;
-                let r = 128.0 + 90.0 * (6.0 * fx + phase).sin() + n;
-                let g = 110.0 + 80.0 * (5.0 * fy + 2.0 * fx - phase).cos() + n;
-                let b = 100.0 + 70.0 * (9.0 * fx * fy + phase).sin() + n;
-                curate_vision::image::Rgb([
-                    r.clamp(0.0, 255.0) as u8,
-                    g.clamp(0.0, 255.0) as u8,
-                    b.clamp(0.0, 255.0) as u8,
-                ])
-            });
+            let (w, h) = if i % 3 == 0 { (h, w) } else { (w, h) };
+            let img = curate_vision::synthetic_photo(w, h, i as u64);
             let bytes = curate_vision::encode_jpeg(&img, 90)?;
             let path = dir.join(format!("{i:06}.jpg"));
             std::fs::write(&path, &bytes).with_context(|| path.display().to_string())?;

@@ -451,6 +451,13 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<StageSummary> {
     }
     let s = &client.stats;
     let secs = started.elapsed().as_secs_f64();
+    if summary.shards_written == 0 && retried_shards == 0 {
+        tracing::info!(
+            "fetch: all {} shards of this task already complete; nothing to do",
+            owned.len()
+        );
+        return Ok(summary);
+    }
     tracing::info!(
         "fetch: {} shards written, {} skipped{}; {rows_this_run} URLs in {secs:.2} s ({:.1} images/s), {} ok, {:.1} MB at {:.1} MB/s, {} retries, peak RSS {:.1} MiB",
         summary.shards_written,

@@ -34,6 +34,10 @@ struct PipelineHeader {
     description: Option<String>,
     /// Relative to the pipeline file's folder.
     work_dir: PathBuf,
+    /// Serve this folder on 127.0.0.1 while the pipeline runs (the demo's
+    /// stand-in for Flickr); `fetch` stages get its address as --base-url.
+    #[serde(default)]
+    serve: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +92,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
     }
 
+    let server = match &file.pipeline.serve {
+        Some(dir) => {
+            let dir = normalize(&base.join(dir));
+            let server = curate_fetch::testing::TestServer::start(&dir)
+                .with_context(|| format!("serving {}", dir.display()))?;
+            tracing::info!("serving {} at {}", dir.display(), server.base_url());
+            Some(server)
+        }
+        None => None,
+    };
     let started = Instant::now();
     tracing::info!(
         "pipeline {}{}: {} stages into {}",
@@ -107,7 +121,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             continue;
         }
         let out = work.join(&name);
-        let argv = stage_argv(stage, &base, &work, &out, args.overwrite)?;
+        let mut argv = stage_argv(stage, &base, &work, &out, args.overwrite)?;
+        if let Some(server) = &server {
+            if stage.run == "fetch" && !stage.flags.contains_key("base_url") {
+                argv.extend(["--base-url".to_string(), server.base_url()]);
+            }
+        }
         tracing::debug!("stage {name}: {}", argv.join(" "));
         let cli = Cli::try_parse_from(&argv).map_err(|e| {
             anyhow::anyhow!(

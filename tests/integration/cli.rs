@@ -119,9 +119,36 @@ fn run_executes_the_demo_pipeline_then_skips_it() {
         .arg("--work-dir")
         .arg(&work));
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let records = read_images(&work.join("images"));
-    assert_eq!(records.len(), image_files(&fixtures_images()).len());
-    assert!(r.stderr.contains("[1/1] images"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("serving") && r.stderr.contains("127.0.0.1"),
+        "{}",
+        r.stderr
+    );
+
+    // fetch: the URL parquet served by the pipeline's local server.
+    let fetched = read_images(&work.join("images"));
+    let list =
+        curate_io::read_utf8_columns(&repo().join("fixtures/urls/demo.parquet"), &["url"]).unwrap();
+    assert_eq!(fetched.len(), list[0].len());
+    let ok = fetched.iter().filter(|r| r.reason.is_none()).count();
+    assert!(ok >= 30, "{ok} fetched");
+    for reason in ["http_error", "not_an_image", "truncated", "undecodable"] {
+        assert!(
+            fetched.iter().any(|r| r.reason.as_deref() == Some(reason)),
+            "demo shows {reason}"
+        );
+    }
+    assert!(fetched
+        .iter()
+        .all(|r| r.download.as_ref().is_some_and(|d| d.page_url.is_some())));
+    // ingest: the fixture folder.
+    let local = read_images(&work.join("local"));
+    assert_eq!(local.len(), image_files(&fixtures_images()).len());
+    assert!(
+        r.stderr.contains("[1/2] images") && r.stderr.contains("[2/2] local"),
+        "{}",
+        r.stderr
+    );
 
     let again = run(curate()
         .arg("run")
@@ -129,34 +156,36 @@ fn run_executes_the_demo_pipeline_then_skips_it() {
         .arg("--work-dir")
         .arg(&work));
     assert_eq!(again.code, 0, "{}", again.stderr);
-    assert!(
-        again.stderr.contains("already complete"),
+    assert_eq!(
+        again.stderr.matches("already complete (").count(),
+        2,
         "{}",
         again.stderr
     );
-    assert_eq!(read_images(&work.join("images")), records);
+    assert_eq!(read_images(&work.join("local")), local);
+    assert_eq!(read_images(&work.join("images")).len(), fetched.len());
 
     let status = run(curate().arg("status").arg(&work));
     assert_eq!(status.code, 0, "{}", status.stderr);
-    let n = records.len();
-    let failed = records.iter().filter(|r| r.reason.is_some()).count();
-    assert!(
-        status.stdout.contains("stage ingest (images v1)"),
-        "{}",
-        status.stdout
-    );
-    assert!(
-        status
-            .stdout
-            .contains(&format!("{n} records, {failed} failed")),
-        "{}",
-        status.stdout
-    );
-    assert!(
-        status.stdout.contains("shards complete"),
-        "{}",
-        status.stdout
-    );
+    for (stage, records) in [("fetch", &fetched), ("ingest", &local)] {
+        let n = records.len();
+        let failed = records.iter().filter(|r| r.reason.is_some()).count();
+        assert!(
+            status
+                .stdout
+                .contains(&format!("stage {stage} (images v1)")),
+            "{}",
+            status.stdout
+        );
+        assert!(
+            status
+                .stdout
+                .contains(&format!("{n} records, {failed} failed")),
+            "{}",
+            status.stdout
+        );
+    }
+    assert!(!status.stdout.contains("incomplete"), "{}", status.stdout);
 }
 
 #[test]
