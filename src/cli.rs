@@ -131,9 +131,21 @@ pub struct ImageArgs {
     /// JPEG quality when re-encoding a JPEG source.
     #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub jpeg_quality: u8,
+    /// How images are checked: `full` decodes every pixel; `header` checks headers and the
+    /// container's structure (JPEG markers and end-of-image, PNG CRCs, lengths) without
+    /// decoding, and decodes only what must be re-encoded.
+    #[arg(long, value_enum, default_value_t = Verify::Full)]
+    pub verify: Verify,
     /// Decoding threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    Full,
+    Header,
 }
 
 #[derive(Debug, Args)]
@@ -304,6 +316,9 @@ pub struct BenchArgs {
     /// fetch: requests in flight.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// fetch: how images are checked (see `curate fetch --help`).
+    #[arg(long, value_enum, default_value_t = Verify::Full)]
+    pub verify: Verify,
     /// Keep the generated photos in this folder (to compare other tools on the same files).
     #[arg(long)]
     pub keep: Option<PathBuf>,

@@ -5,12 +5,13 @@ use curate_core::record::{ImageRecord, Status, Stored};
 use curate_vision::image::imageops::FilterType;
 use curate_vision::{Format, Limits};
 
-use crate::cli::{ImageArgs, StorePolicy};
+use crate::cli::{ImageArgs, StorePolicy, Verify};
 
 /// How image bytes are checked and stored.
 #[derive(Debug, Clone)]
 pub struct Validation {
     pub store: StorePolicy,
+    pub verify: Verify,
     pub limits: Limits,
     pub jpeg_quality: u8,
     /// Images whose shorter side is below this are `too_small`.
@@ -23,6 +24,7 @@ impl Validation {
     pub fn new(args: &ImageArgs, min_side: u32, max_side: Option<u32>) -> Self {
         Validation {
             store: args.store,
+            verify: args.verify,
             limits: Limits {
                 max_pixels: args.max_pixels,
                 ..Limits::default()
@@ -45,6 +47,50 @@ pub fn image_record(key: String, source: String, bytes: Vec<u8>, v: &Validation)
         r.sha256 = Some(sha.clone());
         r
     };
+    if v.verify == Verify::Header {
+        let info = match curate_vision::inspect(&bytes, &v.limits) {
+            Ok(i) => i,
+            Err(e) => {
+                let format = curate_vision::detect_format(&bytes).ok();
+                return fail(e.reason(), e.to_string(), format.map(Format::as_str));
+            }
+        };
+        let (w, h) = (info.width, info.height);
+        if w.min(h) < v.min_side {
+            return fail(
+                "too_small",
+                format!("{w}×{h}: shorter side below --min-side {}", v.min_side),
+                Some(info.format.as_str()),
+            );
+        }
+        let keep = v.max_side.is_none_or(|m| w.max(h) <= m)
+            && match v.store {
+                StorePolicy::Original => true,
+                StorePolicy::Auto => info.is_plain(),
+                StorePolicy::Reencoded => false,
+            };
+        if keep {
+            return ImageRecord {
+                key,
+                source,
+                status: Status::Ok,
+                reason: None,
+                error: None,
+                format: Some(info.format.as_str().to_string()),
+                mode: Some(info.mode.to_string()),
+                width: Some(w),
+                height: Some(h),
+                orientation: Some(info.orientation),
+                file_size,
+                sha256: Some(sha),
+                stored: Some(Stored::Original),
+                stored_format: Some(info.format.as_str().to_string()),
+                bytes: Some(bytes),
+                download: None,
+            };
+        }
+        // Re-encoding needs the pixels: fall through to the full decode.
+    }
     let decoded = match curate_vision::decode(&bytes, &v.limits) {
         Ok(d) => d,
         Err(e) => {

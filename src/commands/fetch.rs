@@ -242,6 +242,7 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<StageSummary> {
             "store": args.image.store,
             "max_pixels": args.image.max_pixels,
             "jpeg_quality": args.image.jpeg_quality,
+            "verify": args.image.verify,
             "max_bytes": args.max_bytes,
             "min_bytes": args.min_bytes,
             "min_side": args.min_side,

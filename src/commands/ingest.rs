@@ -70,6 +70,7 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
             "store": args.image.store,
             "max_pixels": args.image.max_pixels,
             "jpeg_quality": args.image.jpeg_quality,
+            "verify": args.image.verify,
         }),
         inputs: Inputs {
             kind: "directory".into(),

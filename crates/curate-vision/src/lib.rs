@@ -136,6 +136,170 @@ impl Decoded {
     }
 }
 
+/// What the headers say, after a structural check of the whole file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inspected {
+    pub format: Format,
+    pub mode: &'static str,
+    pub orientation: u8,
+    /// After orientation.
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Inspected {
+    /// As [`Decoded::is_plain`].
+    pub fn is_plain(&self) -> bool {
+        matches!(self.format, Format::Jpeg | Format::Png | Format::Webp)
+            && matches!(self.mode, "rgb8" | "l8")
+            && self.orientation == 1
+    }
+}
+
+/// Checks an image without decoding its pixels: headers (dimensions,
+/// colour mode, EXIF orientation, bomb limits) and the container's
+/// structure: JPEG marker sequence and end-of-image after the last scan,
+/// PNG chunk CRCs and IEND, the WebP RIFF length, the GIF trailer. It
+/// catches truncation and most corruption at memory speed; a bit flip
+/// inside JPEG entropy-coded data needs [`decode`].
+pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<Inspected, DecodeError> {
+    let format = detect_format(bytes)?;
+    let truncated = |detail: &str| DecodeError::Truncated {
+        format: format.as_str(),
+        detail: detail.to_string(),
+    };
+    let corrupt = |detail: String| DecodeError::Undecodable { detail };
+    match format {
+        Format::Jpeg => {
+            if jpeg_is_truncated(bytes) {
+                return Err(truncated("no end-of-image marker after the last scan"));
+            }
+            jpeg_check_markers(bytes).map_err(corrupt)?;
+        }
+        Format::Png => {
+            png_check_chunks(bytes).map_err(|(t, d)| if t { truncated(&d) } else { corrupt(d) })?
+        }
+        Format::Webp => {
+            let declared = u32::from_le_bytes(
+                bytes
+                    .get(4..8)
+                    .and_then(|b| b.try_into().ok())
+                    .unwrap_or([0; 4]),
+            ) as usize
+                + 8;
+            if declared > bytes.len() {
+                return Err(truncated(&format!(
+                    "RIFF declares {declared} bytes, file has {}",
+                    bytes.len()
+                )));
+            }
+        }
+        Format::Gif => {
+            if bytes.iter().rev().find(|&&b| b != 0) != Some(&0x3B) {
+                return Err(truncated("no GIF trailer"));
+            }
+        }
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
+    let mut lim = image::Limits::default();
+    lim.max_alloc = Some(limits.max_alloc);
+    reader.limits(lim);
+    let mut decoder = reader.into_decoder().map_err(|e| classify(format, e))?;
+    let (w, h) = decoder.dimensions();
+    if w as u64 * h as u64 > limits.max_pixels {
+        return Err(DecodeError::TooLarge {
+            width: w,
+            height: h,
+            max_pixels: limits.max_pixels,
+        });
+    }
+    if w == 0 || h == 0 {
+        return Err(corrupt(format!("{w}×{h} image")));
+    }
+    let mode = match format {
+        Format::Gif => "p8",
+        Format::Jpeg if jpeg_components(bytes) == Some(4) => "cmyk8",
+        _ => color_mode(decoder.color_type()),
+    };
+    let orientation = decoder.orientation().map(|o| o.to_exif()).unwrap_or(1);
+    let (width, height) = if orientation >= 5 { (h, w) } else { (w, h) };
+    Ok(Inspected {
+        format,
+        mode,
+        orientation,
+        width,
+        height,
+    })
+}
+
+/// After the first scan, every 0xFF must start a stuffed byte, a restart
+/// marker, or a marker that may sit between scans.
+fn jpeg_check_markers(bytes: &[u8]) -> Result<(), String> {
+    let Some(sos) = bytes.windows(2).position(|w| w == [0xFF, 0xDA]) else {
+        return Err("no start-of-scan marker".into());
+    };
+    let mut i = sos + 2;
+    while i + 1 < bytes.len() {
+        if bytes[i] == 0xFF {
+            match bytes[i + 1] {
+                0x00 | 0xD0..=0xD7 | 0xFF => {}
+                0xD9 => return Ok(()),
+                // DHT, DAC, DQT, DRI, SOS, DNL, APPn, COM between progressive scans.
+                0xC4 | 0xCC | 0xDB | 0xDC | 0xDD | 0xDA | 0xE0..=0xEF | 0xFE => {
+                    let len = bytes
+                        .get(i + 2..i + 4)
+                        .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+                        .ok_or("segment header cut off")?;
+                    i += 2 + len;
+                    continue;
+                }
+                m => {
+                    return Err(format!(
+                        "unexpected marker FF{m:02X} at byte {i} inside scan data"
+                    ))
+                }
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    Err("scan data runs to the end of the file".into())
+}
+
+/// Walks PNG chunks: lengths in bounds, CRCs right, IEND present.
+/// Errors are (truncated?, detail).
+fn png_check_chunks(bytes: &[u8]) -> Result<(), (bool, String)> {
+    let mut i = 8;
+    loop {
+        let Some(head) = bytes.get(i..i + 8) else {
+            return Err((true, format!("chunk header cut off at byte {i}")));
+        };
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let end = i + 8 + len + 4;
+        if end > bytes.len() {
+            return Err((
+                true,
+                format!("chunk {} cut off", String::from_utf8_lossy(&head[4..8])),
+            ));
+        }
+        let crc = u32::from_be_bytes(bytes[end - 4..end].try_into().expect("4 bytes"));
+        if crc32fast::hash(&bytes[i + 4..end - 4]) != crc {
+            return Err((
+                false,
+                format!(
+                    "CRC mismatch in chunk {}",
+                    String::from_utf8_lossy(&head[4..8])
+                ),
+            ));
+        }
+        if &head[4..8] == b"IEND" {
+            return Ok(());
+        }
+        i = end;
+    }
+}
+
 /// Detects the container format from the bytes (not the file name).
 pub fn detect_format(bytes: &[u8]) -> Result<Format, DecodeError> {
     if bytes.is_empty() {
