@@ -363,7 +363,7 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<StageSummary> {
         }
         let t = Instant::now();
         let rows = lists.rows(range.clone())?;
-        let items = plan_items(rows, base.as_ref());
+        let items = plan_items(rows, range.start, base.as_ref());
         stage.begin_shard(shard)?;
         let dest = stage.shard_path(shard);
         let mut writer = ShardWriter::create(
@@ -494,11 +494,19 @@ fn absolute(listed: &str, base: Option<&reqwest::Url>) -> String {
 }
 
 /// Keys, and the records decided without a request: empty or repeated URLs.
-fn plan_items(rows: Vec<Row>, base: Option<&reqwest::Url>) -> Vec<Item> {
+/// Keys are the hash of the URL, so they survive re-listing; an empty or
+/// repeated URL gets its row number in the key to stay unique.
+fn plan_items(rows: Vec<Row>, first_row: usize, base: Option<&reqwest::Url>) -> Vec<Item> {
     let mut seen = HashSet::new();
     rows.into_iter()
-        .map(|(listed, page)| {
-            let key = record_key(&listed);
+        .enumerate()
+        .map(|(i, (listed, page))| {
+            let repeated = listed.trim().is_empty() || seen.contains(&listed);
+            let key = if repeated {
+                record_key(&format!("{listed}#row{}", first_row + i))
+            } else {
+                record_key(&listed)
+            };
             let decided = if listed.trim().is_empty() {
                 Some(ImageRecord::failed(
                     key.clone(),
