@@ -21,15 +21,14 @@ use curate_core::record::{record_key, DownloadFacts, ImageRecord, Status};
 use curate_core::split::ShardSplit;
 use curate_core::stage::{Inputs, ShardRecord, ShardState, StageDir, StageSpec};
 use curate_fetch::{Client, Download, FetchConfig};
-use curate_io::{images, ShardOptions, ShardWriter};
+use curate_io::images;
 
-use super::shared::{self, DUPLICATES_FILE};
+use super::shared::{self, ImageShard, StallHook, BATCH_ROWS};
 use super::StageSummary;
 use crate::cli::FetchArgs;
 use crate::imaging::{image_record, Validation};
 use crate::progress::{peak_rss_bytes, Progress};
 
-const BATCH_ROWS: usize = 64;
 /// Failures worth another try with `--retry-failed`.
 const RETRYABLE: &[&str] = &["rate_limited", "timeout", "connection", "truncated"];
 
@@ -320,8 +319,7 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<StageSummary> {
         shards_total: num_shards,
         ..Default::default()
     };
-    let stall_after = shared::test_stall_after_rows();
-    let mut rows_this_run = 0u64;
+    let mut hook = StallHook::from_env();
     let mut retried_shards = 0u32;
     let started = Instant::now();
 
@@ -329,30 +327,25 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<StageSummary> {
         let range = shared::shard_range(shard, args.shard_size, total);
         match stage.shard_state(shard, check)? {
             ShardState::Complete(rec) => {
-                if args.retry_failed
-                    && rec
-                        .reasons
-                        .keys()
-                        .any(|r| RETRYABLE.contains(&r.as_str()) || r == "http_error")
-                {
-                    let (records, failures) = retry_shard(
-                        &stage,
-                        shard,
-                        &rec,
-                        &rt,
-                        &client,
-                        &checks,
-                        &decode_slots,
-                        base.as_ref(),
-                    )?;
-                    retried_shards += 1;
-                    summary.records += records;
-                    summary.failures += failures;
+                let rec = if args.retry_failed {
+                    let fetcher = Fetcher {
+                        rt: &rt,
+                        client: &client,
+                        checks: &checks,
+                        decode_slots: &decode_slots,
+                        base: base.as_ref(),
+                    };
+                    match retry_shard(&stage, &rec, &fetcher)? {
+                        Some(new) => {
+                            retried_shards += 1;
+                            new
+                        }
+                        None => rec,
+                    }
                 } else {
-                    summary.records += rec.records;
-                    summary.failures += rec.failures;
-                }
-                summary.shards_skipped += 1;
+                    rec
+                };
+                summary.add(&rec, false);
                 progress.inc(range.len() as u64);
                 continue;
             }
@@ -361,95 +354,49 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<StageSummary> {
             }
             ShardState::Missing => {}
         }
-        let t = Instant::now();
         let rows = lists.rows(range.clone())?;
         let items = plan_items(rows, range.start, base.as_ref());
-        stage.begin_shard(shard)?;
-        let dest = stage.shard_path(shard);
-        let mut writer = ShardWriter::create(
-            table,
-            images::arrow_schema(),
-            &stage.tmp_path(shard),
-            &dest,
-            &ShardOptions {
-                row_group_rows: BATCH_ROWS,
-                ..ShardOptions::default()
-            },
-        )?;
-        let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
-        let mut failures = 0u64;
-        fetch_items(
-            &rt,
-            &client,
-            items,
-            &checks,
-            &decode_slots,
-            base.as_ref(),
-            |batch| {
-                for r in &batch {
-                    if let Some(reason) = &r.reason {
-                        failures += 1;
-                        *reasons.entry(reason.clone()).or_default() += 1;
-                    }
-                }
-                writer.write(&images::to_batch(&batch).context("building an images batch")?)?;
-                writer.flush()?;
-                progress.inc(batch.len() as u64);
-                let s = &client.stats;
-                let done = s.done.load(Ordering::Relaxed).max(1);
-                progress.set_detail(format!(
-                    ", {:.1}% ok, {:.1} MB/s, {} retries ({} waiting)",
-                    100.0 * s.ok.load(Ordering::Relaxed) as f64 / done as f64,
-                    s.bytes.load(Ordering::Relaxed) as f64
-                        / 1e6
-                        / started.elapsed().as_secs_f64().max(1e-9),
-                    s.retries.load(Ordering::Relaxed),
-                    s.waiting_to_retry.load(Ordering::Relaxed),
-                ));
-                rows_this_run += batch.len() as u64;
-                if stall_after.is_some_and(|n| rows_this_run >= n) {
-                    shared::stall(rows_this_run);
-                }
-                Ok(())
-            },
-        )?;
-        let (records, bytes) = writer.finish()?;
-        let duration_s = t.elapsed().as_secs_f64();
-        stage.commit_shard(ShardRecord {
-            shard,
-            file: StageDir::shard_name(shard),
-            records,
-            failures,
-            reasons: reasons.clone(),
-            bytes,
-            duration_s,
-            inputs: lists.describe(range.clone()),
-            completed_unix: 0,
-            host: None,
-            slurm_job: None,
+        let mut out = ImageShard::begin(&stage, shard)?;
+        let fetcher = Fetcher {
+            rt: &rt,
+            client: &client,
+            checks: &checks,
+            decode_slots: &decode_slots,
+            base: base.as_ref(),
+        };
+        fetcher.fetch(items, |batch| {
+            out.write(&batch)?;
+            progress.inc(batch.len() as u64);
+            let s = &client.stats;
+            let done = s.done.load(Ordering::Relaxed).max(1);
+            progress.set_detail(format!(
+                ", {:.1}% ok, {:.1} MB/s, {} retries ({} waiting)",
+                100.0 * s.ok.load(Ordering::Relaxed) as f64 / done as f64,
+                s.bytes.load(Ordering::Relaxed) as f64
+                    / 1e6
+                    / started.elapsed().as_secs_f64().max(1e-9),
+                s.retries.load(Ordering::Relaxed),
+                s.waiting_to_retry.load(Ordering::Relaxed),
+            ));
+            hook.wrote(batch.len());
+            Ok(())
         })?;
+        let rec = out.commit(lists.describe(range.clone()), 0.0)?;
         progress.event(&format!(
-            "fetch: shard {shard} complete: {records} URLs, {failures} failed, {:.1} images/s",
-            records as f64 / duration_s.max(1e-9)
+            "fetch: shard {shard} complete: {} URLs, {} failed, {:.1} images/s",
+            rec.records,
+            rec.failures,
+            rec.records as f64 / rec.duration_s.max(1e-9)
         ));
-        summary.shards_written += 1;
-        summary.records += records;
-        summary.failures += failures;
+        summary.add(&rec, true);
     }
     progress.finish();
 
-    let manifest = stage.consolidate(&[])?.clone();
-    if manifest.complete {
-        let dup_path = stage.dir().join(DUPLICATES_FILE);
-        if summary.shards_written > 0 || retried_shards > 0 || !dup_path.exists() {
-            let n = shared::write_exact_duplicates(&stage, &dup_path)?;
-            tracing::info!(
-                "fetch: {n} exact duplicates listed in {}",
-                dup_path.display()
-            );
-        }
-        stage.consolidate(&[DUPLICATES_FILE.to_string()])?;
-    }
+    shared::finish_image_stage(
+        &mut stage,
+        "fetch",
+        summary.shards_written > 0 || retried_shards > 0,
+    )?;
     let s = &client.stats;
     let secs = started.elapsed().as_secs_f64();
     if summary.shards_written == 0 && retried_shards == 0 {
@@ -460,11 +407,12 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<StageSummary> {
         return Ok(summary);
     }
     tracing::info!(
-        "fetch: {} shards written, {} skipped{}; {rows_this_run} URLs in {secs:.2} s ({:.1} images/s), {} ok, {:.1} MB at {:.1} MB/s, {} retries, peak RSS {:.1} MiB",
+        "fetch: {} shards written, {} skipped{}; {} URLs in {secs:.2} s ({:.1} images/s), {} ok, {:.1} MB at {:.1} MB/s, {} retries, peak RSS {:.1} MiB",
         summary.shards_written,
         summary.shards_skipped,
         if retried_shards > 0 { format!(" ({retried_shards} retried)") } else { String::new() },
-        rows_this_run as f64 / secs.max(1e-9),
+        hook.rows,
+        hook.rows as f64 / secs.max(1e-9),
         s.ok.load(Ordering::Relaxed),
         s.bytes.load(Ordering::Relaxed) as f64 / 1e6,
         s.bytes.load(Ordering::Relaxed) as f64 / 1e6 / secs.max(1e-9),
@@ -544,73 +492,80 @@ fn plan_items(rows: Vec<Row>, first_row: usize, base: Option<&reqwest::Url>) -> 
         .collect()
 }
 
-/// Fetches and validates `items`, handing `sink` batches of records in
-/// item order.
-fn fetch_items(
-    rt: &tokio::runtime::Runtime,
-    client: &Arc<Client>,
-    items: Vec<Item>,
-    checks: &Checks,
-    decode_slots: &Arc<tokio::sync::Semaphore>,
-    base: Option<&reqwest::Url>,
-    mut sink: impl FnMut(Vec<ImageRecord>) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let n = items.len();
-    rt.block_on(async {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, ImageRecord)>();
-        for (order, item) in items.into_iter().enumerate() {
-            let tx = tx.clone();
-            let client = client.clone();
-            let checks = checks.clone();
-            let slots = decode_slots.clone();
-            let url = absolute(&item.listed, base);
-            tokio::spawn(async move {
-                let record = match item.decided {
-                    Some(r) => r,
-                    None => {
-                        let download = client.fetch(&url).await;
-                        let _slot = slots.acquire_owned().await.expect("never closed");
-                        let (key, listed, page) = (item.key, item.listed, item.page);
-                        tokio::task::spawn_blocking(move || {
-                            validate(key, listed, page, download, &checks)
-                        })
-                        .await
-                        .unwrap_or_else(|e| {
-                            ImageRecord::failed(
-                                String::new(),
-                                url,
-                                "undecodable",
-                                format!("validation panicked: {e}"),
-                                0,
-                            )
-                        })
+/// What fetching a list of items needs.
+struct Fetcher<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    client: &'a Arc<Client>,
+    checks: &'a Checks,
+    decode_slots: &'a Arc<tokio::sync::Semaphore>,
+    base: Option<&'a reqwest::Url>,
+}
+
+impl Fetcher<'_> {
+    /// Fetches and validates `items`, handing `sink` batches of records in
+    /// item order (a reorder buffer holds what finished early).
+    fn fetch(
+        &self,
+        items: Vec<Item>,
+        mut sink: impl FnMut(Vec<ImageRecord>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let n = items.len();
+        self.rt.block_on(async {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, ImageRecord)>();
+            for (order, item) in items.into_iter().enumerate() {
+                let tx = tx.clone();
+                let client = self.client.clone();
+                let checks = self.checks.clone();
+                let slots = self.decode_slots.clone();
+                let url = absolute(&item.listed, self.base);
+                tokio::spawn(async move {
+                    let record = match item.decided {
+                        Some(r) => r,
+                        None => {
+                            let download = client.fetch(&url).await;
+                            let _slot = slots.acquire_owned().await.expect("never closed");
+                            let (key, listed, page) = (item.key, item.listed, item.page);
+                            tokio::task::spawn_blocking(move || {
+                                validate(key, listed, page, download, &checks)
+                            })
+                            .await
+                            .unwrap_or_else(|e| {
+                                ImageRecord::failed(
+                                    String::new(),
+                                    url,
+                                    "undecodable",
+                                    format!("validation panicked: {e}"),
+                                    0,
+                                )
+                            })
+                        }
+                    };
+                    let _ = tx.send((order, record));
+                });
+            }
+            drop(tx);
+            let mut pending: BTreeMap<usize, ImageRecord> = BTreeMap::new();
+            let mut next = 0usize;
+            let mut batch = Vec::with_capacity(BATCH_ROWS);
+            while let Some((i, rec)) = rx.recv().await {
+                pending.insert(i, rec);
+                while let Some(r) = pending.remove(&next) {
+                    batch.push(r);
+                    next += 1;
+                    if batch.len() == BATCH_ROWS {
+                        sink(std::mem::take(&mut batch))?;
                     }
-                };
-                let _ = tx.send((order, record));
-            });
-        }
-        drop(tx);
-        let mut pending: BTreeMap<usize, ImageRecord> = BTreeMap::new();
-        let mut next = 0usize;
-        let mut batch = Vec::with_capacity(BATCH_ROWS);
-        while let Some((i, rec)) = rx.recv().await {
-            pending.insert(i, rec);
-            while let Some(r) = pending.remove(&next) {
-                batch.push(r);
-                next += 1;
-                if batch.len() == BATCH_ROWS {
-                    sink(std::mem::take(&mut batch))?;
                 }
             }
-        }
-        if !batch.is_empty() {
-            sink(batch)?;
-        }
-        if next != n {
-            bail!("{} of {n} downloads produced no record", n - next);
-        }
-        Ok(())
-    })
+            if !batch.is_empty() {
+                sink(batch)?;
+            }
+            if next != n {
+                bail!("{} of {n} downloads produced no record", n - next);
+            }
+            Ok(())
+        })
+    }
 }
 
 /// A download → a record: failures keep their reason; bodies go through
@@ -681,22 +636,17 @@ fn validate(
     rec
 }
 
-/// Re-fetches the retryable failures of a complete shard and rewrites it.
-#[allow(clippy::too_many_arguments)]
+/// Re-fetches the retryable failures of a complete shard and rewrites it
+/// (the new file replaces the old one by rename; the row count is unchanged,
+/// so an interruption leaves a consistent shard). `None` when nothing to retry.
 fn retry_shard(
     stage: &StageDir,
-    shard: u32,
     journal: &ShardRecord,
-    rt: &tokio::runtime::Runtime,
-    client: &Arc<Client>,
-    checks: &Checks,
-    decode_slots: &Arc<tokio::sync::Semaphore>,
-    base: Option<&reqwest::Url>,
-) -> anyhow::Result<(u64, u64)> {
-    let table = images::table();
-    let path = stage.shard_path(shard);
+    fetcher: &Fetcher,
+) -> anyhow::Result<Option<ShardRecord>> {
+    let shard = journal.shard;
     let mut records = Vec::new();
-    for b in curate_io::read_shard(&path, table)? {
+    for b in curate_io::read_shard(&stage.shard_path(shard), images::table())? {
         records.extend(images::from_batch(&b)?);
     }
     let retry: Vec<usize> = records
@@ -714,7 +664,7 @@ fn retry_shard(
         .map(|(i, _)| i)
         .collect();
     if retry.is_empty() {
-        return Ok((journal.records, journal.failures));
+        return Ok(None);
     }
     let items: Vec<Item> = retry
         .iter()
@@ -729,7 +679,7 @@ fn retry_shard(
         })
         .collect();
     let mut fresh = Vec::with_capacity(items.len());
-    fetch_items(rt, client, items, checks, decode_slots, base, |batch| {
+    fetcher.fetch(items, |batch| {
         fresh.extend(batch);
         Ok(())
     })?;
@@ -743,39 +693,14 @@ fn retry_shard(
         }
         records[i] = rec;
     }
-    let t = Instant::now();
-    let mut writer = ShardWriter::create(
-        table,
-        images::arrow_schema(),
-        &stage.tmp_path(shard),
-        &path,
-        &ShardOptions {
-            row_group_rows: BATCH_ROWS,
-            ..ShardOptions::default()
-        },
-    )?;
+    let mut out = ImageShard::rewrite(stage, shard)?;
     for chunk in records.chunks(BATCH_ROWS) {
-        writer.write(&images::to_batch(chunk)?)?;
+        out.write(chunk)?;
     }
-    let (rows, bytes) = writer.finish()?;
-    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
-    for r in &records {
-        if let Some(reason) = &r.reason {
-            *reasons.entry(reason.clone()).or_default() += 1;
-        }
-    }
-    let failures = reasons.values().sum();
-    stage.commit_shard(ShardRecord {
-        records: rows,
-        failures,
-        reasons,
-        bytes,
-        duration_s: journal.duration_s + t.elapsed().as_secs_f64(),
-        ..journal.clone()
-    })?;
+    let rec = out.commit(journal.inputs.clone(), journal.duration_s)?;
     tracing::info!(
         "fetch: shard {shard}: retried {} failed URLs, {recovered} recovered",
         retry.len()
     );
-    Ok((rows, failures))
+    Ok(Some(rec))
 }

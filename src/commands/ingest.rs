@@ -8,27 +8,22 @@
 //! complete, exact duplicates (same sha256) are listed in
 //! `exact_duplicates.parquet`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context};
 use curate_core::hash::Fingerprint;
 use curate_core::record::{record_key, ImageRecord};
 use curate_core::split::ShardSplit;
 use curate_core::stage::{Inputs, Opened, ShardRecord, ShardState, StageDir, StageSpec};
-use curate_io::{images, ShardOptions, ShardWriter};
+use curate_io::images;
 use curate_vision::Format;
 use rayon::prelude::*;
 
-use super::shared::{self, DUPLICATES_FILE};
+use super::shared::{self, ImageShard, StallHook, BATCH_ROWS};
 use super::StageSummary;
 use crate::cli::IngestArgs;
 use crate::imaging::{image_record, Validation};
 use crate::progress::{peak_rss_bytes, Progress};
-
-/// Rows decoded in parallel and written as one row group.
-const BATCH_ROWS: usize = 64;
 
 /// One input file.
 struct Input {
@@ -116,17 +111,13 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
         shards_total: num_shards,
         ..Default::default()
     };
-    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
-    let stall_after = shared::test_stall_after_rows();
-    let mut rows_this_run = 0u64;
+    let mut hook = StallHook::from_env();
 
     for &shard in &owned {
         let range = shared::shard_range(shard, args.shard_size, files.len());
         match stage.shard_state(shard, check)? {
             ShardState::Complete(rec) => {
-                summary.shards_skipped += 1;
-                summary.records += rec.records;
-                summary.failures += rec.failures;
+                summary.add(&rec, false);
                 progress.inc(range.len() as u64);
                 continue;
             }
@@ -135,21 +126,7 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
             }
             ShardState::Missing => {}
         }
-        let started = Instant::now();
-        stage.begin_shard(shard)?;
-        let dest = stage.shard_path(shard);
-        let mut writer = ShardWriter::create(
-            table,
-            images::arrow_schema(),
-            &stage.tmp_path(shard),
-            &dest,
-            &ShardOptions {
-                row_group_rows: BATCH_ROWS,
-                ..ShardOptions::default()
-            },
-        )?;
-        let mut failures = 0u64;
-        let mut shard_reasons: BTreeMap<String, u64> = BTreeMap::new();
+        let mut out = ImageShard::begin(&stage, shard)?;
         for chunk in files[range.clone()].chunks(BATCH_ROWS) {
             let records: Vec<ImageRecord> = pool.install(|| {
                 chunk
@@ -157,68 +134,30 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
                     .map(|f| ingest_one(f, &validation))
                     .collect()
             });
-            for r in &records {
-                if let Some(reason) = &r.reason {
-                    failures += 1;
-                    *shard_reasons.entry(reason.clone()).or_default() += 1;
-                }
-            }
-            let batch = images::to_batch(&records).context("building an images batch")?;
-            writer.write(&batch)?;
-            writer.flush()?;
+            out.write(&records)?;
             progress.inc(records.len() as u64);
-            rows_this_run += records.len() as u64;
-            if stall_after.is_some_and(|n| rows_this_run >= n) {
-                shared::stall(rows_this_run);
-            }
+            hook.wrote(records.len());
         }
-        let (records, bytes) = writer.finish()?;
-        let duration_s = started.elapsed().as_secs_f64();
-        stage.commit_shard(ShardRecord {
-            shard,
-            file: StageDir::shard_name(shard),
-            records,
-            failures,
-            reasons: shard_reasons.clone(),
-            bytes,
-            duration_s,
-            inputs: vec![
-                files[range.start].rel.clone(),
-                files[range.end - 1].rel.clone(),
-            ],
-            completed_unix: 0,
-            host: None,
-            slurm_job: None,
-        })?;
+        let inputs = vec![
+            files[range.start].rel.clone(),
+            files[range.end - 1].rel.clone(),
+        ];
+        let rec = out.commit(inputs, 0.0)?;
         progress.event(&format!(
-            "ingest: shard {shard} complete: {records} images, {failures} failed, {:.1} images/s",
-            records as f64 / duration_s.max(1e-9)
+            "ingest: shard {shard} complete: {} images, {} failed, {:.1} images/s",
+            rec.records,
+            rec.failures,
+            rec.records as f64 / rec.duration_s.max(1e-9)
         ));
-        for (k, v) in shard_reasons {
-            *reasons.entry(k).or_default() += v;
-        }
-        summary.shards_written += 1;
-        summary.records += records;
-        summary.failures += failures;
+        summary.add(&rec, true);
     }
     progress.finish();
-
-    let manifest = stage.consolidate(&[])?.clone();
-    if manifest.complete {
-        let dup_path = stage.dir().join(DUPLICATES_FILE);
-        if summary.shards_written > 0 || !dup_path.exists() {
-            let n = shared::write_exact_duplicates(&stage, &dup_path)?;
-            tracing::info!(
-                "ingest: {n} exact duplicates listed in {}",
-                dup_path.display()
-            );
-        }
-        stage.consolidate(&[DUPLICATES_FILE.to_string()])?;
-    }
+    shared::finish_image_stage(&mut stage, "ingest", summary.shards_written > 0)?;
 
     let elapsed = progress.elapsed().as_secs_f64();
-    let written_items = rows_this_run;
-    let reason_list = reasons
+    let written_items = hook.rows;
+    let reason_list = summary
+        .reasons
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect::<Vec<_>>()

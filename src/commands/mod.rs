@@ -21,6 +21,7 @@ pub struct StageSummary {
     pub shards_skipped: u32,
     pub records: u64,
     pub failures: u64,
+    pub reasons: std::collections::BTreeMap<String, u64>,
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {

@@ -1,12 +1,20 @@
 //! Pieces every stage that writes image shards shares.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::time::Instant;
 
 use anyhow::Context;
 use arrow_array::{Array, RecordBatch, StringArray};
-use curate_core::stage::StageDir;
-use curate_io::images;
+use curate_core::record::ImageRecord;
+use curate_core::stage::{ShardRecord, StageDir};
+use curate_io::{images, ShardOptions, ShardWriter};
+
+use super::StageSummary;
+
+/// Rows per row group in image shards: image bytes are large, so row
+/// groups are small and partial progress reaches the disk.
+pub const BATCH_ROWS: usize = 64;
 
 pub const DUPLICATES_FILE: &str = "exact_duplicates.parquet";
 
@@ -14,6 +22,136 @@ pub const DUPLICATES_FILE: &str = "exact_duplicates.parquet";
 pub fn shard_range(shard: u32, size: u32, total: usize) -> std::ops::Range<usize> {
     let start = (shard as usize * size as usize).min(total);
     start..(start + size as usize).min(total)
+}
+
+/// One image shard being written: a temporary file, the failure counts,
+/// and the journal record on [`commit`](Self::commit).
+pub struct ImageShard<'a> {
+    stage: &'a StageDir,
+    shard: u32,
+    writer: ShardWriter,
+    started: Instant,
+    failures: u64,
+    reasons: BTreeMap<String, u64>,
+}
+
+impl<'a> ImageShard<'a> {
+    /// Clears what an earlier attempt left and opens the temporary file.
+    pub fn begin(stage: &'a StageDir, shard: u32) -> anyhow::Result<Self> {
+        stage.begin_shard(shard)?;
+        Self::rewrite(stage, shard)
+    }
+
+    /// Opens a temporary file that replaces a complete shard on commit.
+    pub fn rewrite(stage: &'a StageDir, shard: u32) -> anyhow::Result<Self> {
+        let writer = ShardWriter::create(
+            images::table(),
+            images::arrow_schema(),
+            &stage.tmp_path(shard),
+            &stage.shard_path(shard),
+            &ShardOptions {
+                row_group_rows: BATCH_ROWS,
+                ..ShardOptions::default()
+            },
+        )?;
+        Ok(ImageShard {
+            stage,
+            shard,
+            writer,
+            started: Instant::now(),
+            failures: 0,
+            reasons: BTreeMap::new(),
+        })
+    }
+
+    /// Appends records as one row group.
+    pub fn write(&mut self, records: &[ImageRecord]) -> anyhow::Result<()> {
+        for r in records {
+            if let Some(reason) = &r.reason {
+                self.failures += 1;
+                *self.reasons.entry(reason.clone()).or_default() += 1;
+            }
+        }
+        let batch = images::to_batch(records).context("building an images batch")?;
+        self.writer.write(&batch)?;
+        self.writer.flush()?;
+        Ok(())
+    }
+
+    /// Renames the file into place and journals it; `extra_s` adds earlier work to the duration.
+    pub fn commit(self, inputs: Vec<String>, extra_s: f64) -> anyhow::Result<ShardRecord> {
+        let (records, bytes) = self.writer.finish()?;
+        let record = ShardRecord {
+            shard: self.shard,
+            file: StageDir::shard_name(self.shard),
+            records,
+            failures: self.failures,
+            reasons: self.reasons,
+            bytes,
+            duration_s: extra_s + self.started.elapsed().as_secs_f64(),
+            inputs,
+            completed_unix: 0,
+            host: None,
+            slurm_job: None,
+        };
+        self.stage.commit_shard(record.clone())?;
+        Ok(record)
+    }
+}
+
+impl StageSummary {
+    pub fn add(&mut self, rec: &ShardRecord, written: bool) {
+        if written {
+            self.shards_written += 1;
+        } else {
+            self.shards_skipped += 1;
+        }
+        self.records += rec.records;
+        self.failures += rec.failures;
+        for (k, v) in &rec.reasons {
+            *self.reasons.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+/// Once every shard is complete: `exact_duplicates.parquet` (again, when
+/// this run changed a shard) and the consolidated manifest.
+pub fn finish_image_stage(stage: &mut StageDir, name: &str, changed: bool) -> anyhow::Result<()> {
+    let manifest = stage.consolidate(&[])?.clone();
+    if manifest.complete {
+        let dup_path = stage.dir().join(DUPLICATES_FILE);
+        if changed || !dup_path.exists() {
+            let n = write_exact_duplicates(stage, &dup_path)?;
+            tracing::info!(
+                "{name}: {n} exact duplicates listed in {}",
+                dup_path.display()
+            );
+        }
+        stage.consolidate(&[DUPLICATES_FILE.to_string()])?;
+    }
+    Ok(())
+}
+
+/// The test hook below, counting rows written by this process.
+pub struct StallHook {
+    after: Option<u64>,
+    pub rows: u64,
+}
+
+impl StallHook {
+    pub fn from_env() -> Self {
+        StallHook {
+            after: test_stall_after_rows(),
+            rows: 0,
+        }
+    }
+
+    pub fn wrote(&mut self, n: usize) {
+        self.rows += n as u64;
+        if self.after.is_some_and(|a| self.rows >= a) {
+            stall(self.rows);
+        }
+    }
 }
 
 /// Lists records whose source bytes equal an earlier record's (input
@@ -73,14 +211,14 @@ pub fn write_exact_duplicates(stage: &StageDir, dest: &Path) -> anyhow::Result<u
 /// making progress once N rows of this run are on disk (mid-shard, its
 /// temporary file half written), so a test can SIGKILL it at a known point
 /// without sleeping.
-pub fn test_stall_after_rows() -> Option<u64> {
+fn test_stall_after_rows() -> Option<u64> {
     std::env::var("CURATE_TEST_STALL_AFTER_ROWS")
         .ok()?
         .parse()
         .ok()
 }
 
-pub fn stall(rows: u64) -> ! {
+fn stall(rows: u64) -> ! {
     eprintln!("curate: test hook: stalled after {rows} rows");
     loop {
         std::thread::park();

@@ -200,28 +200,11 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<Inspected, DecodeError> 
             }
         }
     }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
-    let mut lim = image::Limits::default();
-    lim.max_alloc = Some(limits.max_alloc);
-    reader.limits(lim);
-    let mut decoder = reader.into_decoder().map_err(|e| classify(format, e))?;
+    let (decoder, Header { mode, orientation }) = open_decoder(bytes, format, limits)?;
     let (w, h) = decoder.dimensions();
-    if w as u64 * h as u64 > limits.max_pixels {
-        return Err(DecodeError::TooLarge {
-            width: w,
-            height: h,
-            max_pixels: limits.max_pixels,
-        });
-    }
     if w == 0 || h == 0 {
         return Err(corrupt(format!("{w}×{h} image")));
     }
-    let mode = match format {
-        Format::Gif => "p8",
-        Format::Jpeg if jpeg_components(bytes) == Some(4) => "cmyk8",
-        _ => color_mode(decoder.color_type()),
-    };
-    let orientation = decoder.orientation().map(|o| o.to_exif()).unwrap_or(1);
     let (width, height) = if orientation >= 5 { (h, w) } else { (w, h) };
     Ok(Inspected {
         format,
@@ -336,25 +319,7 @@ fn signature(bytes: &[u8]) -> String {
 /// allocating, and applies the EXIF orientation.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, DecodeError> {
     let format = detect_format(bytes)?;
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
-    let mut lim = image::Limits::default();
-    lim.max_alloc = Some(limits.max_alloc);
-    reader.limits(lim);
-    let mut decoder = reader.into_decoder().map_err(|e| classify(format, e))?;
-    let (width, height) = decoder.dimensions();
-    if width as u64 * height as u64 > limits.max_pixels {
-        return Err(DecodeError::TooLarge {
-            width,
-            height,
-            max_pixels: limits.max_pixels,
-        });
-    }
-    let mode = match format {
-        Format::Gif => "p8",
-        Format::Jpeg if jpeg_components(bytes) == Some(4) => "cmyk8",
-        _ => color_mode(decoder.color_type()),
-    };
-    let orientation = decoder.orientation().map(|o| o.to_exif()).unwrap_or(1);
+    let (decoder, Header { mode, orientation }) = open_decoder(bytes, format, limits)?;
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| classify(format, e))?;
     // zune-jpeg is lenient: it fills a cut-off scan with grey instead of failing.
     if format == Format::Jpeg && jpeg_is_truncated(bytes) {
@@ -372,6 +337,43 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, DecodeError> {
         orientation,
         image,
     })
+}
+
+struct Header {
+    mode: &'static str,
+    orientation: u8,
+}
+
+/// Opens a decoder with the allocation limit, refuses more than
+/// `max_pixels` before any pixel is decoded, and reads the header facts
+/// (mode, EXIF orientation).
+fn open_decoder<'a>(
+    bytes: &'a [u8],
+    format: Format,
+    limits: &Limits,
+) -> Result<(impl ImageDecoder + 'a, Header), DecodeError> {
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
+    let mut lim = image::Limits::default();
+    lim.max_alloc = Some(limits.max_alloc);
+    reader.limits(lim);
+    let mut decoder = reader.into_decoder().map_err(|e| classify(format, e))?;
+    let (width, height) = decoder.dimensions();
+    if width as u64 * height as u64 > limits.max_pixels {
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            max_pixels: limits.max_pixels,
+        });
+    }
+    let header = Header {
+        mode: match format {
+            Format::Gif => "p8",
+            Format::Jpeg if jpeg_components(bytes) == Some(4) => "cmyk8",
+            _ => color_mode(decoder.color_type()),
+        },
+        orientation: decoder.orientation().map(|o| o.to_exif()).unwrap_or(1),
+    };
+    Ok((decoder, header))
 }
 
 fn color_mode(c: image::ColorType) -> &'static str {
