@@ -369,3 +369,66 @@ fn a_missing_url_column_names_what_the_file_has() {
         r.stderr
     );
 }
+
+#[test]
+fn max_side_downscales_and_min_side_rejects() {
+    let server = TestServer::start(fixtures_images()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let list = tmp.path().join("urls.txt");
+    // 300×200, 256×256, and a 96 px-wide photo that --min-side 100 rejects.
+    let small = image_files(&fixtures_images().join("photos"))
+        .into_iter()
+        .find(|p| {
+            let d = curate_vision::decode(
+                &std::fs::read(fixtures_images().join("photos").join(p)).unwrap(),
+                &Default::default(),
+            )
+            .unwrap();
+            d.width().min(d.height()) < 100
+        })
+        .expect("a fixture photo with a side under 100 px");
+    std::fs::write(
+        &list,
+        format!(
+            "files/photos/coffee-full.jpg\nfiles/photos/astronaut-full.jpg\nfiles/photos/{small}\n"
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("fetch");
+    let r = run(curate()
+        .arg("fetch")
+        .arg(&list)
+        .arg("-o")
+        .arg(&out)
+        .arg("--base-url")
+        .arg(server.base_url())
+        .args(["--max-side", "64", "--min-side", "100"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let recs = read_images(&out);
+    for rec in &recs[..2] {
+        assert_eq!(rec.status, Status::Ok, "{:?}", rec.error);
+        assert_eq!(
+            rec.width.unwrap().max(rec.height.unwrap()),
+            64,
+            "{}",
+            rec.source
+        );
+        assert_eq!(rec.stored, Some(curate_core::record::Stored::Reencoded));
+        let d = curate_vision::decode(rec.bytes.as_ref().unwrap(), &Default::default()).unwrap();
+        assert_eq!(
+            (d.width(), d.height()),
+            (rec.width.unwrap(), rec.height.unwrap())
+        );
+    }
+    assert_eq!(
+        (recs[0].width, recs[0].height),
+        (Some(64), Some(43)),
+        "300×200 keeps its aspect ratio"
+    );
+    assert_eq!(
+        recs[2].reason.as_deref(),
+        Some("too_small"),
+        "{:?}",
+        recs[2]
+    );
+}
