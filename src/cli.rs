@@ -316,7 +316,7 @@ pub struct BenchArgs {
     /// fetch: requests in flight.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// fetch: how images are checked (see `curate fetch --help`).
+    /// How images are checked (see `curate fetch --help`).
     #[arg(long, value_enum, default_value_t = Verify::Full)]
     pub verify: Verify,
     /// Keep the generated photos in this folder (to compare other tools on the same files).

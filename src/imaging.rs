@@ -47,49 +47,59 @@ pub fn image_record(key: String, source: String, bytes: Vec<u8>, v: &Validation)
         r.sha256 = Some(sha.clone());
         r
     };
-    if v.verify == Verify::Header {
-        let info = match curate_vision::inspect(&bytes, &v.limits) {
-            Ok(i) => i,
-            Err(e) => {
+    // Images kept as their source bytes only need verifying, not pixels:
+    // `header` checks headers and structure; `full` also decodes every JPEG
+    // scan at 1/8 DCT scale. Anything else, or any doubt, takes the full
+    // decode below, which also words the error.
+    let header_only = v.verify == Verify::Header;
+    if header_only || curate_vision::detect_format(&bytes).ok() == Some(Format::Jpeg) {
+        match curate_vision::inspect(&bytes, &v.limits) {
+            Err(e) if header_only => {
                 let format = curate_vision::detect_format(&bytes).ok();
                 return fail(e.reason(), e.to_string(), format.map(Format::as_str));
             }
-        };
-        let (w, h) = (info.width, info.height);
-        if w.min(h) < v.min_side {
-            return fail(
-                "too_small",
-                format!("{w}×{h}: shorter side below --min-side {}", v.min_side),
-                Some(info.format.as_str()),
-            );
+            Err(_) => {}
+            Ok(info) => {
+                let (w, h) = (info.width, info.height);
+                if w.min(h) < v.min_side {
+                    return fail(
+                        "too_small",
+                        format!("{w}×{h}: shorter side below --min-side {}", v.min_side),
+                        Some(info.format.as_str()),
+                    );
+                }
+                let keep = v.max_side.is_none_or(|m| w.max(h) <= m)
+                    && match v.store {
+                        StorePolicy::Original => true,
+                        StorePolicy::Auto => info.is_plain(),
+                        StorePolicy::Reencoded => false,
+                    };
+                // (In `full` mode only JPEGs get here.)
+                let verified = keep
+                    && (header_only
+                        || curate_vision::verify_jpeg_scaled(&bytes, &v.limits).is_ok());
+                if verified {
+                    return ImageRecord {
+                        key,
+                        source,
+                        status: Status::Ok,
+                        reason: None,
+                        error: None,
+                        format: Some(info.format.as_str().to_string()),
+                        mode: Some(info.mode.to_string()),
+                        width: Some(w),
+                        height: Some(h),
+                        orientation: Some(info.orientation),
+                        file_size,
+                        sha256: Some(sha),
+                        stored: Some(Stored::Original),
+                        stored_format: Some(info.format.as_str().to_string()),
+                        bytes: Some(bytes),
+                        download: None,
+                    };
+                }
+            }
         }
-        let keep = v.max_side.is_none_or(|m| w.max(h) <= m)
-            && match v.store {
-                StorePolicy::Original => true,
-                StorePolicy::Auto => info.is_plain(),
-                StorePolicy::Reencoded => false,
-            };
-        if keep {
-            return ImageRecord {
-                key,
-                source,
-                status: Status::Ok,
-                reason: None,
-                error: None,
-                format: Some(info.format.as_str().to_string()),
-                mode: Some(info.mode.to_string()),
-                width: Some(w),
-                height: Some(h),
-                orientation: Some(info.orientation),
-                file_size,
-                sha256: Some(sha),
-                stored: Some(Stored::Original),
-                stored_format: Some(info.format.as_str().to_string()),
-                bytes: Some(bytes),
-                download: None,
-            };
-        }
-        // Re-encoding needs the pixels: fall through to the full decode.
     }
     let decoded = match curate_vision::decode(&bytes, &v.limits) {
         Ok(d) => d,

@@ -32,58 +32,122 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
     };
     let result = match args.stage {
-        BenchStage::Ingest => bench_ingest(&input, &scratch),
+        BenchStage::Ingest => bench_ingest(args, &input, &scratch),
         BenchStage::Fetch => bench_fetch(args, &input, &scratch),
     };
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }
 
-fn bench_ingest(input: &Path, scratch: &Path) -> anyhow::Result<()> {
+/// Where the time goes: each step alone over the same (cached) files.
+fn breakdown(input: &Path) -> anyhow::Result<(usize, u64)> {
     let files: Vec<PathBuf> = walkdir::WalkDir::new(input)
         .into_iter()
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_file())
         .map(|e| e.into_path())
         .collect();
-    let total_bytes: u64 = files
+    let blobs: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
+    let total_bytes: u64 = blobs.iter().map(|b| b.len() as u64).sum();
+    let n = blobs.len() as f64;
+    let limits = curate_vision::Limits::default();
+    let threads = rayon::current_num_threads();
+    let time = |f: &(dyn Fn(&[u8]) + Sync)| {
+        let t = Instant::now();
+        blobs.iter().for_each(|b| f(b));
+        let one = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        blobs.par_iter().for_each(|b| f(b));
+        (n / one, n / t.elapsed().as_secs_f64())
+    };
+    let report = |what: &str, (one, all): (f64, f64)| {
+        println!("  {what:<42} {one:>8.1} images/s on one core, {all:>8.1} on {threads} threads");
+    };
+    println!(
+        "where the time goes ({} files, {:.1} MB, each step alone):",
+        blobs.len(),
+        total_bytes as f64 / 1e6
+    );
+    report(
+        "sha256",
+        time(&|b| {
+            curate_core::hash::sha256_hex(b);
+        }),
+    );
+    report(
+        "headers + structure (--verify header)",
+        time(&|b| {
+            let _ = curate_vision::inspect(b, &limits);
+        }),
+    );
+    report(
+        "JPEG scans at 1/8 scale (--verify full)",
+        time(&|b| {
+            let _ = curate_vision::verify_jpeg_scaled(b, &limits);
+        }),
+    );
+    report(
+        "full decode (needed to re-encode)",
+        time(&|b| {
+            let _ = curate_vision::decode(b, &limits);
+        }),
+    );
+    // Parquet: the bytes through the images table writer, one shard.
+    let records: Vec<curate_core::record::ImageRecord> = blobs
         .iter()
-        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .enumerate()
+        .map(|(i, b)| {
+            let mut r = curate_core::record::ImageRecord::failed(
+                format!("{i:016x}"),
+                String::new(),
+                "",
+                String::new(),
+                b.len() as u64,
+            );
+            r.reason = None;
+            r.error = None;
+            r.bytes = Some(b.clone());
+            r
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("curate-bench-parquet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let t = Instant::now();
+    let mut w = curate_io::ShardWriter::create(
+        curate_io::images::table(),
+        curate_io::images::arrow_schema(),
+        &dir.join(".x.tmp"),
+        &dir.join("x.parquet"),
+        &curate_io::ShardOptions {
+            row_group_rows: 64,
+            ..Default::default()
+        },
+    )?;
+    for chunk in records.chunks(64) {
+        w.write(&curate_io::images::to_batch(chunk)?)?;
+        w.flush()?;
+    }
+    w.finish()?;
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "  {:<34} {:>8.1} images/s on one core ({:.0} MB/s)",
+        "parquet write (snappy, fsync)",
+        n / secs,
+        total_bytes as f64 / 1e6 / secs
+    );
+    Ok((blobs.len(), total_bytes))
+}
+
+fn bench_ingest(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Result<()> {
+    let total_bytes: u64 = walkdir::WalkDir::new(input)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
         .sum();
     let limits = curate_vision::Limits::default();
-
-    // Where the time goes: each step alone over the same (cached) files.
-    let blobs: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
-    let t = Instant::now();
-    blobs.iter().for_each(|b| {
-        curate_core::hash::sha256_hex(b);
-    });
-    let hash_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let ok = blobs
-        .iter()
-        .filter(|b| curate_vision::decode(b, &limits).is_ok())
-        .count();
-    let decode_1 = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    blobs.par_iter().for_each(|b| {
-        let _ = curate_vision::decode(b, &limits);
-    });
-    let decode_n = t.elapsed().as_secs_f64();
-    drop(blobs);
-
-    let n = files.len() as f64;
-    println!(
-        "sha256 alone: {:.0} images/s ({:.0} MB/s), one core",
-        n / hash_s,
-        total_bytes as f64 / 1e6 / hash_s
-    );
-    println!(
-        "decode alone: {:.1} images/s on one core, {:.1} images/s on {} threads ({ok} decodable)",
-        n / decode_1,
-        n / decode_n,
-        rayon::current_num_threads()
-    );
 
     let out = scratch.join("ingest");
     let t = Instant::now();
@@ -95,7 +159,7 @@ fn bench_ingest(input: &Path, scratch: &Path) -> anyhow::Result<()> {
             store: StorePolicy::Auto,
             max_pixels: limits.max_pixels,
             jpeg_quality: 95,
-            verify: crate::cli::Verify::Full,
+            verify: args.verify,
             threads: 0,
         },
         overwrite: false,
@@ -118,6 +182,7 @@ fn bench_ingest(input: &Path, scratch: &Path) -> anyhow::Result<()> {
         written as f64 / 1e6,
         peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
     );
+    breakdown(input)?;
     Ok(())
 }
 
@@ -170,13 +235,38 @@ fn bench_fetch(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Result
     let secs = t.elapsed().as_secs_f64();
     let served = server.total_requests();
     println!(
-        "fetch end to end: {} URLs in {secs:.2} s = {:.1} images/s ({} failed, {served} requests), peak RSS {:.0} MiB",
+        "fetch end to end (--verify {}): {} URLs in {secs:.2} s = {:.1} images/s ({} failed, {served} requests, {:.1} MB/s), peak RSS {:.0} MiB",
+        format!("{:?}", args.verify).to_lowercase(),
         summary.records,
         summary.records as f64 / secs,
         summary.failures,
+        fetch_bytes(&out)? as f64 / 1e6 / secs,
         peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
     );
+    breakdown(input)?;
     Ok(())
+}
+
+/// Image bytes stored by a fetch stage directory.
+fn fetch_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let p = entry?.path();
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+        {
+            for b in curate_io::read_columns(&p, curate_io::images::table(), Some(&["file_size"]))?
+            {
+                let c = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<arrow_array::UInt64Array>()
+                    .expect("file_size is u64");
+                total += c.values().iter().sum::<u64>();
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// Photo-like JPEGs: smooth colour fields plus fine noise, so they compress

@@ -87,3 +87,39 @@ fn structural_checks_catch_damage() {
     let e = inspect(&bad, &limits).unwrap_err();
     assert!(e.to_string().contains("unexpected marker FFC0"), "{e}");
 }
+
+#[test]
+fn scaled_jpeg_verification_agrees_with_decode() {
+    let limits = Limits::default();
+    let mut checked = 0;
+    for (name, bytes) in fixtures() {
+        if curate_vision::detect_format(&bytes).ok() != Some(curate_vision::Format::Jpeg) {
+            continue;
+        }
+        let full = decode(&bytes, &limits);
+        let scaled = curate_vision::verify_jpeg_scaled(&bytes, &limits);
+        assert_eq!(
+            full.is_ok(),
+            scaled.is_ok(),
+            "{name}: {:?} vs {:?}",
+            full.err(),
+            scaled.err()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 20, "{checked} JPEGs");
+    let limits = Limits {
+        max_pixels: 100,
+        ..Limits::default()
+    };
+    let (_, jpg) = fixtures()
+        .into_iter()
+        .find(|(n, _)| n.ends_with("coffee-full.jpg"))
+        .unwrap();
+    assert_eq!(
+        curate_vision::verify_jpeg_scaled(&jpg, &limits)
+            .unwrap_err()
+            .reason(),
+        "too_large"
+    );
+}
