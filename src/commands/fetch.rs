@@ -301,7 +301,8 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<StageSummary> {
         min_bytes: args.min_bytes,
         placeholders: Arc::new(placeholders),
     };
-    let decode_slots = Arc::new(tokio::sync::Semaphore::new(threads));
+    // One validation more than cores keeps them busy while a finished one hands off its record.
+    let decode_slots = Arc::new(tokio::sync::Semaphore::new(threads + 1));
     let table = images::table();
     let check = |path: &Path, rec: &ShardRecord| {
         curate_io::verify_shard(path, table, Some(rec.records))
