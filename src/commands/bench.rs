@@ -131,7 +131,7 @@ fn breakdown(input: &Path) -> anyhow::Result<(usize, u64)> {
     let secs = t.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "  {:<34} {:>8.1} images/s on one core ({:.0} MB/s)",
+        "  {:<42} {:>8.1} images/s on one core ({:.0} MB/s)",
         "parquet write (snappy, fsync)",
         n / secs,
         total_bytes as f64 / 1e6 / secs
