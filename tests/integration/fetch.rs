@@ -432,3 +432,39 @@ fn max_side_downscales_and_min_side_rejects() {
         recs[2]
     );
 }
+
+#[test]
+fn per_host_rate_limit_spaces_requests() {
+    let server = TestServer::start(fixtures_images()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let list = tmp.path().join("urls.txt");
+    let urls: Vec<String> = (0..6)
+        .map(|i| format!("files/photos/coffee-cup.jpg?n={i}"))
+        .collect();
+    std::fs::write(&list, urls.join("\n")).unwrap();
+    let r = run(curate()
+        .arg("fetch")
+        .arg(&list)
+        .arg("-o")
+        .arg(tmp.path().join("fetch"))
+        .arg("--base-url")
+        .arg(server.base_url())
+        .args(["--per-host-rps", "5", "--concurrency", "16"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut times = server.hit_times("/files/photos/coffee-cup.jpg");
+    times.sort();
+    assert_eq!(times.len(), 6);
+    // A token every 200 ms: six requests span at least 1 s, whatever the concurrency.
+    let span = times[5] - times[0];
+    assert!(
+        span >= Duration::from_millis(950),
+        "6 requests at 5/s took {span:?}"
+    );
+    for w in times.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(150),
+            "{:?}",
+            w[1] - w[0]
+        );
+    }
+}
