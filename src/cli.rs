@@ -257,6 +257,18 @@ pub struct RunArgs {
     /// Pass --overwrite to every stage.
     #[arg(long)]
     pub overwrite: bool,
+    /// Where stages run: in this process, or as chained Slurm array jobs (sbatch).
+    #[arg(long, value_enum, default_value_t = Executor::Local)]
+    pub executor: Executor,
+    /// slurm: wait for the jobs, then check that every stage completed (needed with `serve`).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Executor {
+    Local,
+    Slurm,
 }
 
 #[derive(Debug, Args)]

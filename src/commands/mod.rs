@@ -7,6 +7,7 @@ pub mod ingest;
 pub mod run;
 mod setup;
 pub mod shared;
+pub mod slurm;
 mod status;
 
 use anyhow::bail;

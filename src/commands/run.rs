@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::cli::{Cli, Command, RunArgs};
+use crate::cli::{Cli, Command, Executor, RunArgs};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +38,9 @@ struct PipelineHeader {
     /// stand-in for Flickr); `fetch` stages get its address as --base-url.
     #[serde(default)]
     serve: Option<PathBuf>,
+    /// Default Slurm resources of every stage.
+    #[serde(default)]
+    slurm: super::slurm::Resources,
 }
 
 #[derive(Debug, Deserialize)]
@@ -48,6 +51,9 @@ struct StageTable {
     name: Option<String>,
     /// The stage's positional input.
     input: Option<String>,
+    /// Slurm resources of this stage (`[stage.slurm]`).
+    #[serde(default)]
+    slurm: super::slurm::Resources,
     /// Everything else: the subcommand's flags.
     #[serde(flatten)]
     flags: toml::Table,
@@ -68,8 +74,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     } else {
         base
     };
+    // Absolute, so Slurm tasks (and logs, and status hints) see the same paths.
+    let base = normalize(&std::path::absolute(&base).context("resolving the pipeline's folder")?);
     let work = match &args.work_dir {
-        Some(w) => w.clone(),
+        Some(w) => normalize(&std::path::absolute(w).context("resolving --work-dir")?),
         None => base.join(&file.pipeline.work_dir),
     };
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -114,6 +122,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         file.stage.len(),
         work.display()
     );
+    let slurm = args.executor == Executor::Slurm;
+    if slurm && server.is_some() && !args.wait {
+        bail!("pipeline {} serves files for its stages: with --executor slurm, add --wait so the server outlives the jobs", args.pipeline.display());
+    }
+    let mut previous_job: Option<String> = None;
+    let mut jobs = Vec::new();
+    let mut submitted = Vec::new();
     let total = file.stage.len();
     for (i, stage) in file.stage.iter().enumerate() {
         let name = stage.name.clone().unwrap_or_else(|| stage.run.clone());
@@ -121,7 +136,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             continue;
         }
         let out = work.join(&name);
-        let mut argv = stage_argv(stage, &base, &work, &out, args.overwrite)?;
+        let mut argv = stage_argv(stage, &base, &work, &out, args.overwrite, !slurm)?;
         if let Some(server) = &server {
             if stage.run == "fetch" && !stage.flags.contains_key("base_url") {
                 argv.extend(["--base-url".to_string(), server.base_url()]);
@@ -137,6 +152,23 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         })?;
         if let Some((cmd, issue)) = cli.command.not_built() {
             bail!("stage `{name}`: `curate {cmd}` is not built yet (issue #{issue})");
+        }
+        if slurm {
+            if !matches!(cli.command, Command::Ingest(_) | Command::Fetch(_)) {
+                bail!("stage `{name}`: `{}` is not a pipeline stage", stage.run);
+            }
+            let res = stage.slurm.or(&file.pipeline.slurm);
+            let sub = super::slurm::submit(&name, &argv, &res, previous_job.as_deref(), &work)?;
+            println!(
+                "{name}: job {} ({} tasks), {}",
+                sub.job_id,
+                sub.tasks,
+                sub.script.display()
+            );
+            previous_job = Some(sub.job_id.clone());
+            jobs.push(sub.job_id);
+            submitted.push((name, out));
+            continue;
         }
         let t = Instant::now();
         let summary = match &cli.command {
@@ -165,6 +197,38 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             t.elapsed().as_secs_f64()
         );
     }
+    if slurm {
+        if !args.wait {
+            println!("submitted; follow with `curate status {}`", work.display());
+            return Ok(());
+        }
+        super::slurm::wait(&jobs, std::time::Duration::from_secs(24 * 3600))?;
+        let mut problems = Vec::new();
+        for (name, out) in &submitted {
+            let (manifest, journal) =
+                curate_core::stage::StageDir::inspect(out)?.with_context(|| {
+                    format!(
+                        "stage `{name}` wrote no manifest; see {}",
+                        super::slurm::slurm_dir(&work).join("logs").display()
+                    )
+                })?;
+            let done: std::collections::HashSet<u32> = journal.iter().map(|r| r.shard).collect();
+            let missing: Vec<u32> = (0..manifest.num_shards)
+                .filter(|s| !done.contains(s))
+                .collect();
+            if !missing.is_empty() {
+                problems.push(format!(
+                    "stage `{name}`: {} of {} shards missing; resubmit with `{}`",
+                    missing.len(),
+                    manifest.num_shards,
+                    super::slurm::resubmit_hint(&work, name, &missing).unwrap_or_default()
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            bail!("{}", problems.join("\n"));
+        }
+    }
     tracing::info!(
         "pipeline {} done in {:.1} s; see `curate status {}`",
         file.pipeline.name,
@@ -181,6 +245,7 @@ fn stage_argv(
     work: &Path,
     out: &Path,
     overwrite: bool,
+    local: bool,
 ) -> anyhow::Result<Vec<String>> {
     let mut argv = vec!["curate".to_string(), stage.run.clone()];
     if let Some(input) = &stage.input {
@@ -190,16 +255,18 @@ fn stage_argv(
         };
         argv.push(path.display().to_string());
     }
-    argv.extend([
-        "--output".into(),
-        out.display().to_string(),
+    argv.extend(["--output".into(), out.display().to_string()]);
+    if local {
         // The local executor runs every shard in this process, whatever
-        // Slurm variables the environment holds.
-        "--shard-index".into(),
-        "0".into(),
-        "--num-shards".into(),
-        "1".into(),
-    ]);
+        // Slurm variables the environment holds; array tasks take theirs
+        // from SLURM_ARRAY_TASK_ID/COUNT.
+        argv.extend([
+            "--shard-index".into(),
+            "0".into(),
+            "--num-shards".into(),
+            "1".into(),
+        ]);
+    }
     if overwrite {
         argv.push("--overwrite".into());
     }
@@ -291,7 +358,7 @@ mod tests {
         .unwrap();
         let base = Path::new("pipelines");
         let work = Path::new("work/t");
-        let a = stage_argv(&t.stage[0], base, work, &work.join("images"), false).unwrap();
+        let a = stage_argv(&t.stage[0], base, work, &work.join("images"), false, true).unwrap();
         assert_eq!(
             a,
             [
@@ -310,7 +377,7 @@ mod tests {
                 "auto"
             ]
         );
-        let b = stage_argv(&t.stage[1], base, work, &work.join("embed"), true).unwrap();
+        let b = stage_argv(&t.stage[1], base, work, &work.join("embed"), true, true).unwrap();
         assert_eq!(&b[2], "work/t/images");
         assert!(b.contains(&"--overwrite".to_string()));
         assert!(b

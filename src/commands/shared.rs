@@ -140,8 +140,13 @@ pub struct StallHook {
 
 impl StallHook {
     pub fn from_env() -> Self {
+        // CURATE_TEST_STALL_TASK limits the hook to one Slurm array task.
+        let this_task = match std::env::var("CURATE_TEST_STALL_TASK") {
+            Ok(t) => std::env::var("SLURM_ARRAY_TASK_ID").ok().as_deref() == Some(t.as_str()),
+            Err(_) => true,
+        };
         StallHook {
-            after: test_stall_after_rows(),
+            after: test_stall_after_rows().filter(|_| this_task),
             rows: 0,
         }
     }

@@ -77,6 +77,12 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
                     String::new()
                 }
             );
+            if let Some(hint) = dir
+                .parent()
+                .and_then(|work| super::slurm::resubmit_hint(work, &name, &missing))
+            {
+                println!("  resubmit the tasks that own them: {hint}");
+            }
         }
         if args.verify {
             let table = curate_core::schema::get(&manifest.schema.name)?;

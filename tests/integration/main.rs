@@ -5,3 +5,4 @@ mod common;
 mod fetch;
 mod ingest;
 mod resume;
+mod slurm;
