@@ -263,6 +263,9 @@ pub struct RunArgs {
     /// slurm: wait for the jobs, then check that every stage completed (needed with `serve`).
     #[arg(long)]
     pub wait: bool,
+    /// Check the file and print each stage's command (and, for slurm, render the scripts) without running anything.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -49,8 +49,9 @@ struct StageTable {
     run: String,
     /// Output folder name under the work directory [default: `run`].
     name: Option<String>,
-    /// The stage's positional input.
-    input: Option<String>,
+    /// The stage's positional input (one path, or a list for stages that take several).
+    #[serde(default, deserialize_with = "one_or_many")]
+    input: Vec<String>,
     /// Slurm resources of this stage (`[stage.slurm]`).
     #[serde(default)]
     slurm: super::slurm::Resources,
@@ -78,9 +79,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let base = normalize(&std::path::absolute(&base).context("resolving the pipeline's folder")?);
     let work = match &args.work_dir {
         Some(w) => normalize(&std::path::absolute(w).context("resolving --work-dir")?),
-        None => base.join(&file.pipeline.work_dir),
+        None => normalize(&base.join(&file.pipeline.work_dir)),
     };
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    if !args.dry_run {
+        std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    }
     if file.stage.is_empty() {
         bail!("pipeline {} lists no [[stage]]", args.pipeline.display());
     }
@@ -101,6 +104,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
 
     let server = match &file.pipeline.serve {
+        Some(_) if args.dry_run => None,
         Some(dir) => {
             let dir = normalize(&base.join(dir));
             let server = curate_fetch::testing::TestServer::start(&dir)
@@ -153,6 +157,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         if let Some((cmd, issue)) = cli.command.not_built() {
             bail!("stage `{name}`: `curate {cmd}` is not built yet (issue #{issue})");
         }
+        if args.dry_run {
+            let res = stage.slurm.or(&file.pipeline.slurm);
+            println!(
+                "[{}/{total}] {name}: {}{}",
+                i + 1,
+                argv.join(" "),
+                if slurm {
+                    format!(" (slurm: {} tasks)", res.tasks.unwrap_or(1))
+                } else {
+                    String::new()
+                }
+            );
+            continue;
+        }
         if slurm {
             if !matches!(cli.command, Command::Ingest(_) | Command::Fetch(_)) {
                 bail!("stage `{name}`: `{}` is not a pipeline stage", stage.run);
@@ -197,6 +215,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             t.elapsed().as_secs_f64()
         );
     }
+    if args.dry_run {
+        return Ok(());
+    }
     if slurm {
         if !args.wait {
             println!("submitted; follow with `curate status {}`", work.display());
@@ -238,6 +259,19 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 /// The command line a stage table stands for.
 fn stage_argv(
     stage: &StageTable,
@@ -248,7 +282,7 @@ fn stage_argv(
     local: bool,
 ) -> anyhow::Result<Vec<String>> {
     let mut argv = vec!["curate".to_string(), stage.run.clone()];
-    if let Some(input) = &stage.input {
+    for input in &stage.input {
         let path = match input.strip_prefix('@') {
             Some(upstream) => work.join(upstream),
             None => normalize(&base.join(input)),

@@ -224,3 +224,35 @@ fn unreadable_manifest_stops_with_its_path() {
         r.stderr
     );
 }
+
+#[test]
+fn the_megalith_pipeline_checks_out_in_a_dry_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("never-created");
+    let r = run(curate()
+        .arg("run")
+        .arg(repo().join("pipelines/megalith-10m.toml"))
+        .arg("--work-dir")
+        .arg(&work)
+        .args(["--executor", "slurm", "--dry-run"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("images: curate fetch"))
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    assert_eq!(
+        line.matches("megalith-000").count(),
+        10,
+        "all ten Megalith files: {line}"
+    );
+    assert!(
+        line.contains("--url-col url_highres") && line.ends_with("(slurm: 64 tasks)"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("--shard-index"),
+        "array tasks take their index from Slurm: {line}"
+    );
+    assert!(!work.exists(), "a dry run writes nothing");
+}
