@@ -303,11 +303,12 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<StageSummary> {
     };
     // One validation more than cores keeps them busy while a finished one hands off its record.
     let decode_slots = Arc::new(tokio::sync::Semaphore::new(threads + 1));
-    let table = images::table();
-    let check = |path: &Path, rec: &ShardRecord| {
-        curate_io::verify_shard(path, table, Some(rec.records))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    let fetcher = Fetcher {
+        rt: &rt,
+        client: &client,
+        checks: &checks,
+        decode_slots: &decode_slots,
+        base: base.as_ref(),
     };
 
     let owned: Vec<u32> = split.owned(num_shards).collect();
@@ -326,16 +327,9 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<StageSummary> {
 
     for &shard in &owned {
         let range = shared::shard_range(shard, args.shard_size, total);
-        match stage.shard_state(shard, check)? {
+        match stage.shard_state(shard, shared::verify_image_shard)? {
             ShardState::Complete(rec) => {
                 let rec = if args.retry_failed {
-                    let fetcher = Fetcher {
-                        rt: &rt,
-                        client: &client,
-                        checks: &checks,
-                        decode_slots: &decode_slots,
-                        base: base.as_ref(),
-                    };
                     match retry_shard(&stage, &rec, &fetcher)? {
                         Some(new) => {
                             retried_shards += 1;
@@ -358,13 +352,6 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<StageSummary> {
         let rows = lists.rows(range.clone())?;
         let items = plan_items(rows, range.start, base.as_ref());
         let mut out = ImageShard::begin(&stage, shard)?;
-        let fetcher = Fetcher {
-            rt: &rt,
-            client: &client,
-            checks: &checks,
-            decode_slots: &decode_slots,
-            base: base.as_ref(),
-        };
         fetcher.fetch(items, |batch| {
             out.write(&batch)?;
             progress.inc(batch.len() as u64);

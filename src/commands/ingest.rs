@@ -14,8 +14,7 @@ use anyhow::{bail, Context};
 use curate_core::hash::Fingerprint;
 use curate_core::record::{record_key, ImageRecord};
 use curate_core::split::ShardSplit;
-use curate_core::stage::{Inputs, Opened, ShardRecord, ShardState, StageDir, StageSpec};
-use curate_io::images;
+use curate_core::stage::{Inputs, Opened, ShardState, StageDir, StageSpec};
 use curate_vision::Format;
 use rayon::prelude::*;
 
@@ -94,12 +93,6 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
         .build()
         .context("decoder thread pool")?;
     let validation = Validation::new(&args.image, 0, None);
-    let table = images::table();
-    let check = |path: &Path, rec: &ShardRecord| {
-        curate_io::verify_shard(path, table, Some(rec.records))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    };
 
     let owned: Vec<u32> = split.owned(num_shards).collect();
     let owned_items: u64 = owned
@@ -115,7 +108,7 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
 
     for &shard in &owned {
         let range = shared::shard_range(shard, args.shard_size, files.len());
-        match stage.shard_state(shard, check)? {
+        match stage.shard_state(shard, shared::verify_image_shard)? {
             ShardState::Complete(rec) => {
                 summary.add(&rec, false);
                 progress.inc(range.len() as u64);

@@ -24,6 +24,13 @@ pub fn shard_range(shard: u32, size: u32, total: usize) -> std::ops::Range<usize
     start..(start + size as usize).min(total)
 }
 
+/// The completeness check of an image shard: footer, schema, row count.
+pub fn verify_image_shard(path: &Path, rec: &ShardRecord) -> Result<(), String> {
+    curate_io::verify_shard(path, images::table(), Some(rec.records))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// One image shard being written: a temporary file, the failure counts,
 /// and the journal record on [`commit`](Self::commit).
 pub struct ImageShard<'a> {
