@@ -470,3 +470,36 @@ fn per_host_rate_limit_spaces_requests() {
         );
     }
 }
+
+#[test]
+fn host_names_resolve_through_the_cache() {
+    let server = TestServer::start(fixtures_images()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let list = tmp.path().join("urls.txt");
+    std::fs::write(
+        &list,
+        "files/photos/coffee-cup.jpg\nfiles/photos/astronaut-face.jpg\n",
+    )
+    .unwrap();
+    let base = format!("http://localhost:{}", server.addr().port());
+    let r = run(curate()
+        .arg("fetch")
+        .arg(&list)
+        .arg("-o")
+        .arg(tmp.path().join("f"))
+        .arg("--base-url")
+        .arg(&base));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let recs = read_images(&tmp.path().join("f"));
+    assert!(
+        recs.iter().all(|r| r.status == Status::Ok),
+        "{:?}",
+        recs.iter().map(|r| &r.error).collect::<Vec<_>>()
+    );
+    assert!(recs[0]
+        .download
+        .as_ref()
+        .unwrap()
+        .url
+        .starts_with("http://localhost:"));
+}

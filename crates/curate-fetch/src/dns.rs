@@ -51,3 +51,45 @@ impl Resolve for CachingResolver {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn resolves_once_per_host_within_the_ttl() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let r = CachingResolver::new(Duration::from_secs(300));
+        let first: Vec<SocketAddr> = rt
+            .block_on(r.resolve(Name::from_str("localhost").unwrap()))
+            .unwrap()
+            .collect();
+        assert!(
+            !first.is_empty() && first.iter().all(|a| a.ip().is_loopback()),
+            "{first:?}"
+        );
+        // Poison the cache entry: a second lookup must come from it, not the system.
+        let fake: SocketAddr = "127.0.0.9:0".parse().unwrap();
+        r.cache.lock().unwrap().get_mut("localhost").unwrap().1 = vec![fake];
+        let second: Vec<SocketAddr> = rt
+            .block_on(r.resolve(Name::from_str("localhost").unwrap()))
+            .unwrap()
+            .collect();
+        assert_eq!(second, vec![fake]);
+        // Expired entries are looked up again.
+        let r0 = CachingResolver::new(Duration::ZERO);
+        r0.cache
+            .lock()
+            .unwrap()
+            .insert("localhost".into(), (Instant::now(), vec![fake]));
+        let fresh: Vec<SocketAddr> = rt
+            .block_on(r0.resolve(Name::from_str("localhost").unwrap()))
+            .unwrap()
+            .collect();
+        assert_ne!(fresh, vec![fake]);
+    }
+}
