@@ -36,6 +36,30 @@ impl Validation {
     }
 }
 
+/// Runs `make`, turning a panic (a decoder bug on hostile bytes) into a
+/// recorded failure of that one record instead of the end of the run.
+pub fn guarded(
+    key: &str,
+    source: &str,
+    file_size: u64,
+    make: impl FnOnce() -> ImageRecord,
+) -> ImageRecord {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        ImageRecord::failed(
+            key.to_string(),
+            source.to_string(),
+            "undecodable",
+            format!("decoder panicked: {what}"),
+            file_size,
+        )
+    })
+}
+
 /// Decodes and checks `bytes`, and decides what to store. Never fails:
 /// every problem becomes a reason on the record.
 pub fn image_record(key: String, source: String, bytes: Vec<u8>, v: &Validation) -> ImageRecord {
@@ -74,11 +98,15 @@ pub fn image_record(key: String, source: String, bytes: Vec<u8>, v: &Validation)
                         StorePolicy::Auto => info.is_plain(),
                         StorePolicy::Reencoded => false,
                     };
-                // (In `full` mode only JPEGs get here.)
-                let verified = keep
-                    && (header_only
-                        || curate_vision::verify_jpeg_scaled(&bytes, &v.limits).is_ok());
-                if verified {
+                // (In `full` mode only JPEGs get here.) A scan that does not
+                // decode is a failure: zune's lenient full decode would
+                // paper over it with grey.
+                if keep && !header_only {
+                    if let Err(e) = curate_vision::verify_jpeg_scaled(&bytes, &v.limits) {
+                        return fail(e.reason(), e.to_string(), Some(info.format.as_str()));
+                    }
+                }
+                if keep {
                     return ImageRecord {
                         key,
                         source,

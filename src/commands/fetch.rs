@@ -498,50 +498,72 @@ impl Fetcher<'_> {
         mut sink: impl FnMut(Vec<ImageRecord>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let n = items.len();
+        // Records in flight or waiting in the reorder buffer, at most: a URL
+        // stuck in back-off holds up at most this many finished images.
+        let window = Arc::new(tokio::sync::Semaphore::new(
+            (self.client.config().concurrency * 4).max(256),
+        ));
         self.rt.block_on(async {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, ImageRecord)>();
-            for (order, item) in items.into_iter().enumerate() {
-                let tx = tx.clone();
-                let client = self.client.clone();
-                let checks = self.checks.clone();
-                let slots = self.decode_slots.clone();
-                let url = absolute(&item.listed, self.base);
-                tokio::spawn(async move {
-                    let record = match item.decided {
-                        Some(r) => r,
-                        None => {
-                            let download = client.fetch(&url).await;
-                            let _slot = slots.acquire_owned().await.expect("never closed");
-                            let (key, listed, page) = (item.key, item.listed, item.page);
-                            tokio::task::spawn_blocking(move || {
-                                validate(key, listed, page, download, &checks)
-                            })
-                            .await
-                            .unwrap_or_else(|e| {
-                                ImageRecord::failed(
-                                    String::new(),
-                                    url,
-                                    "undecodable",
-                                    format!("validation panicked: {e}"),
-                                    0,
-                                )
-                            })
-                        }
+            type Done = (usize, ImageRecord, tokio::sync::OwnedSemaphorePermit);
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+            let client = self.client.clone();
+            let checks = self.checks.clone();
+            let slots = self.decode_slots.clone();
+            let base = self.base.cloned();
+            let producer_window = window.clone();
+            tokio::spawn(async move {
+                for (order, item) in items.into_iter().enumerate() {
+                    let Ok(permit) = producer_window.clone().acquire_owned().await else {
+                        return;
                     };
-                    let _ = tx.send((order, record));
-                });
-            }
-            drop(tx);
-            let mut pending: BTreeMap<usize, ImageRecord> = BTreeMap::new();
+                    let tx = tx.clone();
+                    let client = client.clone();
+                    let checks = checks.clone();
+                    let slots = slots.clone();
+                    let url = absolute(&item.listed, base.as_ref());
+                    tokio::spawn(async move {
+                        let record = match item.decided {
+                            Some(r) => r,
+                            None => {
+                                let download = client.fetch(&url).await;
+                                let _slot = slots.acquire_owned().await.expect("never closed");
+                                let (key, listed, page) = (item.key, item.listed, item.page);
+                                tokio::task::spawn_blocking(move || {
+                                    let (k, l) = (key.clone(), listed.clone());
+                                    crate::imaging::guarded(&k, &l, 0, || {
+                                        validate(key, listed, page, download, &checks)
+                                    })
+                                })
+                                .await
+                                .unwrap_or_else(|e| {
+                                    ImageRecord::failed(
+                                        String::new(),
+                                        url,
+                                        "undecodable",
+                                        format!("validation task failed: {e}"),
+                                        0,
+                                    )
+                                })
+                            }
+                        };
+                        let _ = tx.send((order, record, permit));
+                    });
+                }
+            });
+            let mut pending: BTreeMap<usize, (ImageRecord, tokio::sync::OwnedSemaphorePermit)> =
+                BTreeMap::new();
             let mut next = 0usize;
             let mut batch = Vec::with_capacity(BATCH_ROWS);
-            while let Some((i, rec)) = rx.recv().await {
-                pending.insert(i, rec);
-                while let Some(r) = pending.remove(&next) {
+            let mut permits = Vec::with_capacity(BATCH_ROWS);
+            while let Some((i, rec, permit)) = rx.recv().await {
+                pending.insert(i, (rec, permit));
+                while let Some((r, p)) = pending.remove(&next) {
                     batch.push(r);
+                    permits.push(p);
                     next += 1;
                     if batch.len() == BATCH_ROWS {
                         sink(std::mem::take(&mut batch))?;
+                        permits.clear(); // written: make room for more
                     }
                 }
             }

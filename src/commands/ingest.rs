@@ -217,7 +217,12 @@ fn list_images(root: &Path) -> anyhow::Result<(Vec<Input>, u64)> {
 fn ingest_one(input: &Input, validation: &Validation) -> ImageRecord {
     let key = record_key(&format!("file:{}", input.rel));
     match std::fs::read(&input.path) {
-        Ok(bytes) => image_record(key, input.rel.clone(), bytes, validation),
+        Ok(bytes) => {
+            let size = bytes.len() as u64;
+            crate::imaging::guarded(&key, &input.rel, size, || {
+                image_record(key.clone(), input.rel.clone(), bytes, validation)
+            })
+        }
         Err(e) => ImageRecord::failed(key, input.rel.clone(), "io", format!("reading: {e}"), 0),
     }
 }

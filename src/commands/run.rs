@@ -140,7 +140,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             continue;
         }
         let out = work.join(&name);
-        let mut argv = stage_argv(stage, &base, &work, &out, args.overwrite, !slurm)?;
+        // Array tasks must not discard each other's work: with Slurm the
+        // stage directory is cleared here, once, before submitting.
+        let mut argv = stage_argv(stage, &base, &work, &out, args.overwrite && !slurm, !slurm)?;
         if let Some(server) = &server {
             if stage.run == "fetch" && !stage.flags.contains_key("base_url") {
                 argv.extend(["--base-url".to_string(), server.base_url()]);
@@ -176,6 +178,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 bail!("stage `{name}`: `{}` is not a pipeline stage", stage.run);
             }
             let res = stage.slurm.or(&file.pipeline.slurm);
+            if args.overwrite {
+                curate_core::stage::StageDir::remove(&out)?;
+            }
             let sub = super::slurm::submit(&name, &argv, &res, previous_job.as_deref(), &work)?;
             println!(
                 "{name}: job {} ({} tasks), {}",

@@ -51,6 +51,7 @@ impl<'a> ImageShard<'a> {
 
     /// Opens a temporary file that replaces a complete shard on commit.
     pub fn rewrite(stage: &'a StageDir, shard: u32) -> anyhow::Result<Self> {
+        stage.clear_temporaries(shard)?;
         let writer = ShardWriter::create(
             images::table(),
             images::arrow_schema(),
@@ -79,8 +80,20 @@ impl<'a> ImageShard<'a> {
                 *self.reasons.entry(reason.clone()).or_default() += 1;
             }
         }
-        let batch = images::to_batch(records).context("building an images batch")?;
-        self.writer.write(&batch)?;
+        // Arrow's binary offsets are 32-bit: keep each batch well under 2 GiB.
+        let mut start = 0;
+        while start < records.len() {
+            let mut end = start;
+            let mut bytes = 0usize;
+            while end < records.len() && (end == start || bytes < 1 << 30) {
+                bytes += records[end].bytes.as_ref().map_or(0, Vec::len);
+                end += 1;
+            }
+            let batch =
+                images::to_batch(&records[start..end]).context("building an images batch")?;
+            self.writer.write(&batch)?;
+            start = end;
+        }
         self.writer.flush()?;
         Ok(())
     }

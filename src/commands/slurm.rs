@@ -82,9 +82,14 @@ pub fn submit(
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let exe = std::env::current_exe().context("locating the curate binary")?;
+    let tasks = res.tasks.unwrap_or(1).max(1);
     let mut command = vec![quote(&exe.display().to_string())];
     command.extend(argv[1..].iter().map(|a| quote(a)));
-    let tasks = res.tasks.unwrap_or(1).max(1);
+    // The split is explicit, so a resubmission of some task ids
+    // (`sbatch --array=1,3`) still gives each its original share.
+    command.push(format!(
+        "--shard-index \"$SLURM_ARRAY_TASK_ID\" --num-shards {tasks}"
+    ));
     let mut extra: Vec<String> = Vec::new();
     if let Some(g) = res.gpus.filter(|g| *g > 0) {
         extra.push(format!("#SBATCH --gres=gpu:{g}"));
@@ -100,7 +105,10 @@ pub fn submit(
         .replace("{{cpus}}", &res.cpus.unwrap_or(1).to_string())
         .replace("{{mem}}", res.mem.as_deref().unwrap_or("4G"))
         .replace("{{time}}", res.time.as_deref().unwrap_or("24:00:00"))
-        .replace("{{log_dir}}", &logs.display().to_string())
+        .replace(
+            "{{log_dir}}",
+            &logs.display().to_string().replace('%', "%%"),
+        )
         .replace("{{extra}}", &extra.join("\n"))
         .replace("{{command}}", &command.join(" "));
     let path = dir.join(format!("{name}.sbatch"));
@@ -151,12 +159,28 @@ pub fn wait(jobs: &[String], timeout: Duration) -> anyhow::Result<()> {
             .args(["-h", "-o", "%i %T %r", "-j", &jobs.join(",")])
             .output()
             .context("running squeue")?;
+        if !out.status.success() {
+            // A busy or restarting controller: ask again.
+            if started.elapsed() > timeout {
+                bail!(
+                    "squeue kept failing: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            continue;
+        }
         let text = String::from_utf8_lossy(&out.stdout);
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         if lines.is_empty() {
             return Ok(());
         }
-        if lines.iter().all(|l| l.contains("DependencyNeverSatisfied")) {
+        // An upstream stage failed: its dependants (and theirs) can never start.
+        let stuck = lines.iter().any(|l| l.contains("DependencyNeverSatisfied"));
+        let running = lines
+            .iter()
+            .any(|l| l.contains(" RUNNING ") || l.contains(" COMPLETING "));
+        if stuck && !running {
             let _ = Command::new("scancel").args(jobs).status();
             return Ok(());
         }

@@ -264,11 +264,8 @@ impl StageDir {
 
     /// Temporary path a shard is written to by this process.
     pub fn tmp_path(&self, shard: u32) -> PathBuf {
-        self.dir.join(format!(
-            ".{}.tmp-{}",
-            Self::shard_name(shard),
-            std::process::id()
-        ))
+        self.dir
+            .join(format!(".{}.tmp-{}", Self::shard_name(shard), tmp_suffix()))
     }
 
     fn journal_path(&self, shard: u32) -> PathBuf {
@@ -307,6 +304,11 @@ impl StageDir {
     pub fn begin_shard(&self, shard: u32) -> Result<(), CoreError> {
         remove_if_exists(&self.journal_path(shard))?;
         remove_if_exists(&self.shard_path(shard))?;
+        self.clear_temporaries(shard)
+    }
+
+    /// Removes temporary files a killed attempt at `shard` left behind.
+    pub fn clear_temporaries(&self, shard: u32) -> Result<(), CoreError> {
         let prefix = format!(".{}.tmp-", Self::shard_name(shard));
         for entry in fs::read_dir(&self.dir).map_err(|e| CoreError::io(&self.dir, e))? {
             let entry = entry.map_err(|e| CoreError::io(&self.dir, e))?;
@@ -346,6 +348,19 @@ impl StageDir {
         }
         write_atomic(&self.dir.join(MANIFEST), to_json(&self.manifest).as_bytes())?;
         Ok(&self.manifest)
+    }
+
+    /// Removes a stage directory's own files (see [`discard`](Self::discard));
+    /// nothing when there is no stage there.
+    pub fn remove(dir: &Path) -> Result<(), CoreError> {
+        match read_manifest(dir)? {
+            Some(manifest) => StageDir {
+                dir: dir.to_path_buf(),
+                manifest,
+            }
+            .discard(),
+            None => Ok(()),
+        }
     }
 
     /// Removes the stage's own files (manifest, shards, temporaries,
@@ -442,7 +457,12 @@ fn read_journal(dir: &Path) -> Result<Vec<ShardRecord>, CoreError> {
     for entry in entries {
         let path = entry.map_err(|e| CoreError::io(&jdir, e))?.path();
         if path.extension().is_some_and(|x| x == "json") {
-            let bytes = fs::read(&path).map_err(|e| CoreError::io(&path, e))?;
+            let bytes = match fs::read(&path) {
+                Ok(b) => b,
+                // Another task is redoing that shard right now.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(CoreError::io(&path, e)),
+            };
             match serde_json::from_slice::<ShardRecord>(&bytes) {
                 Ok(r) => out.push(r),
                 // A record torn by a crash cannot exist (records are renamed
@@ -501,7 +521,17 @@ fn tmp_sibling(path: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    path.with_file_name(format!(".{name}.tmp-{}", tmp_suffix()))
+}
+
+/// `<host>-<pid>`: unique among the processes (on several nodes) that share
+/// a stage directory.
+pub fn tmp_suffix() -> String {
+    format!(
+        "{}-{}",
+        hostname().unwrap_or_else(|| "host".into()),
+        std::process::id()
+    )
 }
 
 /// fsyncs the directory holding `path`, so a rename survives a power cut.

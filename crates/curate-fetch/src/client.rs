@@ -185,9 +185,11 @@ impl Client {
         loop {
             out.attempts += 1;
             let result = {
-                let _global = self.global.acquire().await.expect("never closed");
+                // The host's slot and turn first: a paused or rate-limited
+                // host must not hold global permits other hosts could use.
                 let _slot = host.slots.acquire().await.expect("never closed");
                 host.wait_turn().await;
+                let _global = self.global.acquire().await.expect("never closed");
                 self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
                 let r = self.attempt(parsed.clone()).await;
                 self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);

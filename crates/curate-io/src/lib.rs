@@ -296,7 +296,7 @@ pub fn write_table(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = dest.with_file_name(format!(".{name}.tmp-{}", curate_core::stage::tmp_suffix()));
     let mut w = ShardWriter::create(table, schema, &tmp, dest, &ShardOptions::default())?;
     for b in batches {
         w.write(b)?;

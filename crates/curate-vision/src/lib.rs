@@ -248,36 +248,55 @@ pub fn verify_jpeg_scaled(bytes: &[u8], limits: &Limits) -> Result<(), DecodeErr
     Ok(())
 }
 
-/// After the first scan, every 0xFF must start a stuffed byte, a restart
-/// marker, or a marker that may sit between scans.
+/// Walks the marker segments from SOI to the first scan, then checks that
+/// every 0xFF in the scan data starts a stuffed byte, a restart marker, or
+/// a marker that may sit between scans, up to the end-of-image marker.
 fn jpeg_check_markers(bytes: &[u8]) -> Result<(), String> {
-    let Some(sos) = bytes.windows(2).position(|w| w == [0xFF, 0xDA]) else {
-        return Err("no start-of-scan marker".into());
+    let segment_len = |at: usize| -> Result<usize, String> {
+        bytes
+            .get(at + 2..at + 4)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+            .ok_or_else(|| format!("segment header cut off at byte {at}"))
     };
-    let mut i = sos + 2;
-    while i + 1 < bytes.len() {
-        if bytes[i] == 0xFF {
-            match bytes[i + 1] {
-                0x00 | 0xD0..=0xD7 | 0xFF => {}
-                0xD9 => return Ok(()),
-                // DHT, DAC, DQT, DRI, SOS, DNL, APPn, COM between progressive scans.
-                0xC4 | 0xCC | 0xDB | 0xDC | 0xDD | 0xDA | 0xE0..=0xEF | 0xFE => {
-                    let len = bytes
-                        .get(i + 2..i + 4)
-                        .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
-                        .ok_or("segment header cut off")?;
-                    i += 2 + len;
-                    continue;
-                }
-                m => {
-                    return Err(format!(
-                        "unexpected marker FF{m:02X} at byte {i} inside scan data"
-                    ))
-                }
+    // Header segments up to the first SOS.
+    let mut i = 2;
+    loop {
+        if bytes.get(i) != Some(&0xFF) {
+            return Err(format!("expected a marker at byte {i}"));
+        }
+        let Some(&m) = bytes.get(i + 1) else {
+            return Err("headers cut off".into());
+        };
+        match m {
+            0xFF => i += 1, // fill byte
+            0x01 | 0xD0..=0xD7 => i += 2,
+            0xD9 => return Err("end-of-image before any scan".into()),
+            0xDA => {
+                i += 2 + segment_len(i)?;
+                break;
             }
-            i += 2;
-        } else {
+            _ => i += 2 + segment_len(i)?,
+        }
+    }
+    // Scan data, and the segments that may come between progressive scans.
+    while i + 1 < bytes.len() {
+        if bytes[i] != 0xFF {
             i += 1;
+            continue;
+        }
+        match bytes[i + 1] {
+            0x00 | 0xD0..=0xD7 => i += 2,
+            0xFF => i += 1, // fill byte before a marker
+            0xD9 => return Ok(()),
+            // DHT, DAC, DQT, DRI, SOS, DNL, APPn, COM.
+            0xC4 | 0xCC | 0xDB | 0xDC | 0xDD | 0xDA | 0xE0..=0xEF | 0xFE => {
+                i += 2 + segment_len(i)?;
+            }
+            m => {
+                return Err(format!(
+                    "unexpected marker FF{m:02X} at byte {i} inside scan data"
+                ))
+            }
         }
     }
     Err("scan data runs to the end of the file".into())

@@ -123,3 +123,22 @@ fn scaled_jpeg_verification_agrees_with_decode() {
         "too_large"
     );
 }
+
+#[test]
+fn marker_bytes_inside_header_segments_are_not_scans() {
+    let limits = Limits::default();
+    let (_, jpg) = fixtures()
+        .into_iter()
+        .find(|(n, _)| n.ends_with("photos/coffee-full.jpg"))
+        .unwrap();
+    // An APP15 segment whose payload holds FF DA and FF C0, as maker notes and
+    // ICC profiles can, inserted after SOI; and fill bytes before the EOI.
+    let payload = [0xFF, 0xDA, 0x00, 0x08, 0xFF, 0xC0, 0x12, 0x34];
+    let mut with_app = vec![0xFF, 0xD8, 0xFF, 0xEF, 0x00, (payload.len() + 2) as u8];
+    with_app.extend_from_slice(&payload);
+    with_app.extend_from_slice(&jpg[2..jpg.len() - 2]);
+    with_app.extend_from_slice(&[0xFF, 0xFF, 0xD9]);
+    let info = inspect(&with_app, &limits).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((info.width, info.height), (300, 200));
+    assert!(decode(&with_app, &limits).is_ok());
+}
