@@ -370,12 +370,7 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<StageSummary> {
             Ok(())
         })?;
         let rec = out.commit(lists.describe(range.clone()), 0.0)?;
-        progress.event(&format!(
-            "fetch: shard {shard} complete: {} URLs, {} failed, {:.1} images/s",
-            rec.records,
-            rec.failures,
-            rec.records as f64 / rec.duration_s.max(1e-9)
-        ));
+        progress.event(&shared::shard_done("fetch", "URLs", &rec));
         summary.add(&rec, true);
     }
     progress.finish();

@@ -136,12 +136,7 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
             files[range.end - 1].rel.clone(),
         ];
         let rec = out.commit(inputs, 0.0)?;
-        progress.event(&format!(
-            "ingest: shard {shard} complete: {} images, {} failed, {:.1} images/s",
-            rec.records,
-            rec.failures,
-            rec.records as f64 / rec.duration_s.max(1e-9)
-        ));
+        progress.event(&shared::shard_done("ingest", "images", &rec));
         summary.add(&rec, true);
     }
     progress.finish();

@@ -119,6 +119,17 @@ impl<'a> ImageShard<'a> {
     }
 }
 
+/// The log line of a finished shard.
+pub fn shard_done(stage: &str, unit: &str, rec: &ShardRecord) -> String {
+    format!(
+        "{stage}: shard {} complete: {} {unit}, {} failed, {:.1} images/s",
+        rec.shard,
+        rec.records,
+        rec.failures,
+        rec.records as f64 / rec.duration_s.max(1e-9)
+    )
+}
+
 impl StageSummary {
     pub fn add(&mut self, rec: &ShardRecord, written: bool) {
         if written {

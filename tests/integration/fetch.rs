@@ -15,6 +15,18 @@ use curate_fetch::testing::TestServer;
 use crate::common::*;
 
 /// Writes a Megalith-style URL list (url, url_highres, url_source).
+/// `curate fetch LIST -o OUT --base-url BASE`, more flags to add.
+fn fetch_cmd(list: &Path, out: &Path, base: &str) -> std::process::Command {
+    let mut c = curate();
+    c.arg("fetch")
+        .arg(list)
+        .arg("-o")
+        .arg(out)
+        .arg("--base-url")
+        .arg(base);
+    c
+}
+
 fn url_parquet(path: &Path, urls: &[String]) {
     let table = curate_core::schema::get("url_list").unwrap();
     let schema = Arc::new(table.arrow_schema().unwrap());
@@ -108,22 +120,14 @@ fn fault_matrix_each_url_gets_its_outcome() {
         &cases.iter().map(|c| c.0.to_string()).collect::<Vec<_>>(),
     );
     let out = tmp.path().join("fetch");
-    let r = run(curate()
-        .arg("fetch")
-        .arg(&list)
-        .arg("-o")
-        .arg(&out)
-        .arg("--base-url")
-        .arg(server.base_url())
-        .args(FAST)
-        .args([
-            "--shard-size",
-            "10",
-            "--user-agent",
-            "curate-test/1",
-            "--placeholder-sha256",
-            &placeholder_sha,
-        ]));
+    let r = run(fetch_cmd(&list, &out, &server.base_url()).args(FAST).args([
+        "--shard-size",
+        "10",
+        "--user-agent",
+        "curate-test/1",
+        "--placeholder-sha256",
+        &placeholder_sha,
+    ]));
     assert_eq!(r.code, 0, "{}", r.stderr);
 
     let records = read_images(&out);
@@ -226,14 +230,8 @@ fn sigkill_then_rerun_has_every_url_exactly_once() {
     std::fs::write(&list, photos.join("\n")).unwrap();
     let base = server.base_url();
     let fetch = |out: &Path| {
-        let mut c = curate();
-        c.arg("fetch")
-            .arg(&list)
-            .arg("-o")
-            .arg(out)
-            .arg("--base-url")
-            .arg(&base)
-            .args(["--retries", "2", "--backoff", "0.05", "--timeout", "30"])
+        let mut c = fetch_cmd(&list, out, &base);
+        c.args(["--retries", "2", "--backoff", "0.05", "--timeout", "30"])
             .args(["--shard-size", "4"]);
         c
     };
@@ -298,13 +296,7 @@ fn retry_failed_refetches_only_the_failures() {
     std::fs::write(&list, urls.join("\n")).unwrap();
     let out = tmp.path().join("fetch");
     let fetch = |extra: &[&str]| {
-        let r = run(curate()
-            .arg("fetch")
-            .arg(&list)
-            .arg("-o")
-            .arg(&out)
-            .arg("--base-url")
-            .arg(server.base_url())
+        let r = run(fetch_cmd(&list, &out, &server.base_url())
             .args(["--retries", "0", "--shard-size", "2"])
             .args(extra));
         assert_eq!(r.code, 0, "{}", r.stderr);
@@ -397,14 +389,12 @@ fn max_side_downscales_and_min_side_rejects() {
     )
     .unwrap();
     let out = tmp.path().join("fetch");
-    let r = run(curate()
-        .arg("fetch")
-        .arg(&list)
-        .arg("-o")
-        .arg(&out)
-        .arg("--base-url")
-        .arg(server.base_url())
-        .args(["--max-side", "64", "--min-side", "100"]));
+    let r = run(fetch_cmd(&list, &out, &server.base_url()).args([
+        "--max-side",
+        "64",
+        "--min-side",
+        "100",
+    ]));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let recs = read_images(&out);
     for rec in &recs[..2] {
@@ -444,14 +434,14 @@ fn per_host_rate_limit_spaces_requests() {
         .map(|i| format!("files/photos/coffee-cup.jpg?n={i}"))
         .collect();
     std::fs::write(&list, urls.join("\n")).unwrap();
-    let r = run(curate()
-        .arg("fetch")
-        .arg(&list)
-        .arg("-o")
-        .arg(tmp.path().join("fetch"))
-        .arg("--base-url")
-        .arg(server.base_url())
-        .args(["--per-host-rps", "5", "--concurrency", "16"]));
+    let r = run(
+        fetch_cmd(&list, &tmp.path().join("fetch"), &server.base_url()).args([
+            "--per-host-rps",
+            "5",
+            "--concurrency",
+            "16",
+        ]),
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let mut times = server.hit_times("/files/photos/coffee-cup.jpg");
     times.sort();
@@ -482,13 +472,7 @@ fn host_names_resolve_through_the_cache() {
     )
     .unwrap();
     let base = format!("http://localhost:{}", server.addr().port());
-    let r = run(curate()
-        .arg("fetch")
-        .arg(&list)
-        .arg("-o")
-        .arg(tmp.path().join("f"))
-        .arg("--base-url")
-        .arg(&base));
+    let r = run(&mut fetch_cmd(&list, &tmp.path().join("f"), &base));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let recs = read_images(&tmp.path().join("f"));
     assert!(

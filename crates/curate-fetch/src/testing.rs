@@ -524,6 +524,36 @@ fn status_page(code: u16) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Headers announcing the whole of `bytes`, then only `prefix(len)` of
+/// them. A missing file is answered 404 instead; returns whether the
+/// partial response was sent.
+fn send_partial(
+    stream: &mut TcpStream,
+    file: &str,
+    bytes: Option<Vec<u8>>,
+    prefix: impl Fn(usize) -> usize,
+    head_only: bool,
+    keep_alive: bool,
+) -> io::Result<bool> {
+    let Some(bytes) = bytes else {
+        write_simple(stream, 404, head_only, keep_alive)?;
+        return Ok(false);
+    };
+    let mut out = head_bytes(
+        200,
+        Some(content_type_for(file)),
+        Some(bytes.len() as u64),
+        &[],
+        keep_alive,
+    );
+    if !head_only {
+        out.extend_from_slice(&bytes[..prefix(bytes.len())]);
+    }
+    stream.write_all(&out)?;
+    stream.flush()?;
+    Ok(true)
+}
+
 /// A small HTML answer for `code`.
 fn write_simple(
     stream: &mut TcpStream,
@@ -755,44 +785,28 @@ fn respond(stream: &mut TcpStream, shared: &Shared, req: &Request) -> io::Result
             Ok(false)
         }
         "slow-body" => {
+            // Headers for the whole file, its first bytes, then silence.
             let file = rest(1);
-            let Some(bytes) = load(&file) else {
-                write_simple(stream, 404, head_only, keep)?;
-                return Ok(keep);
-            };
-            let mut out = head_bytes(
-                200,
-                Some(content_type_for(&file)),
-                Some(bytes.len() as u64),
-                &[],
+            let sent = send_partial(
+                stream,
+                &file,
+                load(&file),
+                |n| n.min(SLOW_BODY_PREFIX),
+                head_only,
                 keep,
-            );
-            if !head_only {
-                out.extend_from_slice(&bytes[..bytes.len().min(SLOW_BODY_PREFIX)]);
+            )?;
+            if !sent {
+                return Ok(keep);
             }
-            stream.write_all(&out)?;
-            stream.flush()?;
             stall(stream, shared);
             Ok(false)
         }
         "truncated" => {
+            // Headers for the whole file, half of it, then the connection closes.
             let file = rest(1);
-            let Some(bytes) = load(&file) else {
-                write_simple(stream, 404, head_only, keep)?;
+            if !send_partial(stream, &file, load(&file), |n| n / 2, head_only, false)? {
                 return Ok(keep);
-            };
-            let mut out = head_bytes(
-                200,
-                Some(content_type_for(&file)),
-                Some(bytes.len() as u64),
-                &[],
-                false,
-            );
-            if !head_only {
-                out.extend_from_slice(&bytes[..bytes.len() / 2]);
             }
-            stream.write_all(&out)?;
-            stream.flush()?;
             Ok(false)
         }
         "html" => {
