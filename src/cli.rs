@@ -46,8 +46,8 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Download URL lists (Megalith-10m parquet, or text) into image shards.
     Fetch(Box<FetchArgs>),
-    /// CLIP image embeddings through ONNX Runtime. [not built yet: issue #4]
-    Embed(NotBuiltArgs),
+    /// CLIP image embeddings through ONNX Runtime (CPU or CUDA), HF-exact preprocessing.
+    Embed(EmbedArgs),
     /// Iterative partitioned DBSCAN dedup on CLIP embeddings. [not built yet: issue #5]
     Dedup(NotBuiltArgs),
     /// Florence-2 captions through ONNX Runtime. [not built yet: issue #7]
@@ -78,7 +78,6 @@ impl Command {
     /// The issue that will build a stage that is not built yet.
     pub fn not_built(&self) -> Option<(&'static str, u32)> {
         Some(match self {
-            Command::Embed(_) => ("embed", 4),
             Command::Dedup(_) => ("dedup", 5),
             Command::Caption(_) => ("caption", 7),
             Command::Score(_) => ("score", 8),
@@ -337,4 +336,69 @@ pub struct BenchArgs {
     /// Keep the generated photos in this folder (to compare other tools on the same files).
     #[arg(long)]
     pub keep: Option<PathBuf>,
+}
+
+/// An ONNX image model and how its input is prepared (embed, score).
+#[derive(Debug, Clone, Args)]
+pub struct OnnxImageArgs {
+    /// Where inference runs: cpu, cuda or cuda:N (needs `curate setup --gpu`; never falls back to the CPU silently).
+    #[arg(long, default_value = "cpu")]
+    pub device: curate_onnx::session::Device,
+    /// ONNX Runtime intra-op threads (0 = ONNX Runtime's choice).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Images per inference batch.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// Decoding and preprocessing threads (0 = all cores); they run ahead of inference through a bounded queue.
+    #[arg(long, default_value_t = 0)]
+    pub decode_threads: usize,
+    /// `reduced` decodes JPEGs at 1/2, 1/4 or 1/8 DCT scale when the result still covers the
+    /// model's input (much faster; pixels differ slightly from a full decode); `full` decodes
+    /// every pixel as the Hugging Face reference does.
+    #[arg(long, default_value = "reduced")]
+    pub decode_scale: curate_vision::preprocess::DecodeScale,
+    /// Largest width × height decoded; larger images are recorded as `too_large`.
+    #[arg(long, default_value_t = 178_956_970)]
+    pub max_pixels: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FloatDtype {
+    F16,
+    F32,
+}
+
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// Image stage directory (the output of `fetch` or `ingest`).
+    pub input: PathBuf,
+    /// Stage directory to write (one embedding shard per image shard).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// CLIP vision model: an .onnx file, or a folder holding onnx/vision_model.onnx
+    /// (transformers.js export), vision_model.onnx, visual.onnx or model.onnx, with its
+    /// preprocessor_config.json beside it or one folder up (else OpenAI CLIP's defaults).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Input tensor name (open_clip-style exports: `image`).
+    #[arg(long, default_value = "pixel_values")]
+    pub input_name: String,
+    /// Output tensor name: the projected embedding (open_clip-style exports: `embedding`).
+    #[arg(long, default_value = "image_embeds")]
+    pub output_name: String,
+    /// Model id stored with every row [default: config.json's _name_or_path, else the folder name].
+    #[arg(long)]
+    pub model_id: Option<String>,
+    /// Storage type of the (L2-normalised) embeddings.
+    #[arg(long, value_enum, default_value_t = FloatDtype::F16)]
+    pub dtype: FloatDtype,
+    #[command(flatten)]
+    pub onnx: OnnxImageArgs,
+    /// Discard this directory's previous output if it was made with another configuration.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub shards: ShardArgs,
 }

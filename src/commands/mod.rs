@@ -2,9 +2,11 @@
 
 mod bench;
 mod doctor;
+pub mod embed;
 pub mod fetch;
 pub mod ingest;
 pub mod run;
+pub mod pixels;
 mod setup;
 pub mod shared;
 pub mod slurm;
@@ -32,6 +34,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ingest(args) => ingest::run(&args).map(|_| ()),
         Command::Fetch(args) => fetch::run(&args).map(|_| ()),
+        Command::Embed(args) => embed::run(&args).map(|_| ()),
         Command::Run(args) => run::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Doctor(args) => doctor::run(&args),

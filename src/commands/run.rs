@@ -174,7 +174,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             continue;
         }
         if slurm {
-            if !matches!(cli.command, Command::Ingest(_) | Command::Fetch(_)) {
+            if !matches!(
+                cli.command,
+                Command::Ingest(_) | Command::Fetch(_) | Command::Embed(_)
+            ) {
                 bail!("stage `{name}`: `{}` is not a pipeline stage", stage.run);
             }
             let res = stage.slurm.or(&file.pipeline.slurm);
@@ -197,6 +200,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         let summary = match &cli.command {
             Command::Ingest(a) => super::ingest::run(a),
             Command::Fetch(a) => super::fetch::run(a),
+            Command::Embed(a) => super::embed::run(a),
             _ => bail!("stage `{name}`: `{}` is not a pipeline stage", stage.run),
         }
         .with_context(|| format!("stage `{name}` ({})", stage.run))?;

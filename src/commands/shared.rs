@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use arrow_array::{Array, RecordBatch, StringArray};
+use arrow_schema::SchemaRef;
+use curate_core::schema::TableSchema;
 use curate_core::record::ImageRecord;
 use curate_core::stage::{ShardRecord, StageDir};
 use curate_io::{images, ShardOptions, ShardWriter};
@@ -31,9 +33,9 @@ pub fn verify_image_shard(path: &Path, rec: &ShardRecord) -> Result<(), String> 
         .map_err(|e| e.to_string())
 }
 
-/// One image shard being written: a temporary file, the failure counts,
-/// and the journal record on [`commit`](Self::commit).
-pub struct ImageShard<'a> {
+/// One shard of any table being written: a temporary file, the failure
+/// counts, and the journal record on [`commit`](Self::commit).
+pub struct TableShard<'a> {
     stage: &'a StageDir,
     shard: u32,
     writer: ShardWriter,
@@ -42,27 +44,39 @@ pub struct ImageShard<'a> {
     reasons: BTreeMap<String, u64>,
 }
 
-impl<'a> ImageShard<'a> {
+impl<'a> TableShard<'a> {
     /// Clears what an earlier attempt left and opens the temporary file.
-    pub fn begin(stage: &'a StageDir, shard: u32) -> anyhow::Result<Self> {
+    pub fn begin(
+        stage: &'a StageDir,
+        shard: u32,
+        table: &'static TableSchema,
+        schema: SchemaRef,
+        row_group_rows: usize,
+    ) -> anyhow::Result<Self> {
         stage.begin_shard(shard)?;
-        Self::rewrite(stage, shard)
+        Self::rewrite(stage, shard, table, schema, row_group_rows)
     }
 
     /// Opens a temporary file that replaces a complete shard on commit.
-    pub fn rewrite(stage: &'a StageDir, shard: u32) -> anyhow::Result<Self> {
+    pub fn rewrite(
+        stage: &'a StageDir,
+        shard: u32,
+        table: &'static TableSchema,
+        schema: SchemaRef,
+        row_group_rows: usize,
+    ) -> anyhow::Result<Self> {
         stage.clear_temporaries(shard)?;
         let writer = ShardWriter::create(
-            images::table(),
-            images::arrow_schema(),
+            table,
+            schema,
             &stage.tmp_path(shard),
             &stage.shard_path(shard),
             &ShardOptions {
-                row_group_rows: BATCH_ROWS,
+                row_group_rows,
                 ..ShardOptions::default()
             },
         )?;
-        Ok(ImageShard {
+        Ok(TableShard {
             stage,
             shard,
             writer,
@@ -72,28 +86,17 @@ impl<'a> ImageShard<'a> {
         })
     }
 
-    /// Appends records as one row group.
-    pub fn write(&mut self, records: &[ImageRecord]) -> anyhow::Result<()> {
-        for r in records {
-            if let Some(reason) = &r.reason {
-                self.failures += 1;
-                *self.reasons.entry(reason.clone()).or_default() += 1;
-            }
+    /// Appends a batch (flushed as a row group); `reasons` are its failures.
+    pub fn write<'r>(
+        &mut self,
+        batch: &RecordBatch,
+        reasons: impl IntoIterator<Item = &'r str>,
+    ) -> anyhow::Result<()> {
+        for reason in reasons {
+            self.failures += 1;
+            *self.reasons.entry(reason.to_string()).or_default() += 1;
         }
-        // Arrow's binary offsets are 32-bit: keep each batch well under 2 GiB.
-        let mut start = 0;
-        while start < records.len() {
-            let mut end = start;
-            let mut bytes = 0usize;
-            while end < records.len() && (end == start || bytes < 1 << 30) {
-                bytes += records[end].bytes.as_ref().map_or(0, Vec::len);
-                end += 1;
-            }
-            let batch =
-                images::to_batch(&records[start..end]).context("building an images batch")?;
-            self.writer.write(&batch)?;
-            start = end;
-        }
+        self.writer.write(batch)?;
         self.writer.flush()?;
         Ok(())
     }
@@ -116,6 +119,144 @@ impl<'a> ImageShard<'a> {
         };
         self.stage.commit_shard(record.clone())?;
         Ok(record)
+    }
+}
+
+/// One image shard being written.
+pub struct ImageShard<'a>(TableShard<'a>);
+
+impl<'a> ImageShard<'a> {
+    /// Clears what an earlier attempt left and opens the temporary file.
+    pub fn begin(stage: &'a StageDir, shard: u32) -> anyhow::Result<Self> {
+        stage.begin_shard(shard)?;
+        Self::rewrite(stage, shard)
+    }
+
+    /// Opens a temporary file that replaces a complete shard on commit.
+    pub fn rewrite(stage: &'a StageDir, shard: u32) -> anyhow::Result<Self> {
+        TableShard::rewrite(
+            stage,
+            shard,
+            images::table(),
+            images::arrow_schema(),
+            BATCH_ROWS,
+        )
+        .map(ImageShard)
+    }
+
+    /// Appends records as one row group.
+    pub fn write(&mut self, records: &[ImageRecord]) -> anyhow::Result<()> {
+        // Arrow's binary offsets are 32-bit: keep each batch well under 2 GiB.
+        let mut start = 0;
+        while start < records.len() {
+            let mut end = start;
+            let mut bytes = 0usize;
+            while end < records.len() && (end == start || bytes < 1 << 30) {
+                bytes += records[end].bytes.as_ref().map_or(0, Vec::len);
+                end += 1;
+            }
+            let part = &records[start..end];
+            let batch = images::to_batch(part).context("building an images batch")?;
+            self.0
+                .write(&batch, part.iter().filter_map(|r| r.reason.as_deref()))?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Renames the file into place and journals it; `extra_s` adds earlier work to the duration.
+    pub fn commit(self, inputs: Vec<String>, extra_s: f64) -> anyhow::Result<ShardRecord> {
+        self.0.commit(inputs, extra_s)
+    }
+}
+
+/// A complete upstream stage read by a later one.
+pub struct Upstream {
+    pub dir: std::path::PathBuf,
+    pub manifest: curate_core::stage::Manifest,
+    /// One journal record per shard, by shard number.
+    pub shards: Vec<ShardRecord>,
+}
+
+impl Upstream {
+    /// Opens `dir`, which must be a complete stage writing one of `tables`.
+    pub fn open(dir: &Path, tables: &[&str]) -> anyhow::Result<Upstream> {
+        let (manifest, mut journal) = StageDir::inspect(dir)?.with_context(|| {
+            format!(
+                "input {} is not a stage directory (no manifest.json); expected the output of a stage writing {}",
+                dir.display(),
+                tables.join(" or ")
+            )
+        })?;
+        if !tables.contains(&manifest.schema.name.as_str()) {
+            anyhow::bail!(
+                "input {}: expected a stage writing {}, found `{}` writing {}",
+                dir.display(),
+                tables.join(" or "),
+                manifest.stage,
+                manifest.schema.name
+            );
+        }
+        journal.sort_by_key(|r| r.shard);
+        journal.dedup_by_key(|r| r.shard);
+        if journal.len() as u32 != manifest.num_shards {
+            let done: std::collections::HashSet<u32> = journal.iter().map(|r| r.shard).collect();
+            let missing: Vec<String> = (0..manifest.num_shards)
+                .filter(|s| !done.contains(s))
+                .take(10)
+                .map(|s| s.to_string())
+                .collect();
+            anyhow::bail!(
+                "input {} is incomplete: {} of {} shards done (missing {}{}); finish `{}` first",
+                dir.display(),
+                journal.len(),
+                manifest.num_shards,
+                missing.join(", "),
+                if manifest.num_shards as usize - journal.len() > 10 { ", …" } else { "" },
+                manifest.stage
+            );
+        }
+        Ok(Upstream {
+            dir: dir.to_path_buf(),
+            manifest,
+            shards: journal,
+        })
+    }
+
+    /// The fingerprint of what was read: every shard's name, rows and bytes.
+    pub fn fingerprint(&self) -> String {
+        let mut fp = curate_core::hash::Fingerprint::new();
+        fp.add(self.manifest.config_hash.as_bytes());
+        for r in &self.shards {
+            fp.add(r.file.as_bytes());
+            fp.add(&r.records.to_le_bytes());
+            fp.add(&r.bytes.to_le_bytes());
+        }
+        fp.finish()
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.shards.iter().map(|r| r.records).sum()
+    }
+
+    pub fn shard_path(&self, rec: &ShardRecord) -> std::path::PathBuf {
+        self.dir.join(&rec.file)
+    }
+
+    /// The `Inputs` of a stage reading this one.
+    pub fn inputs(&self) -> curate_core::stage::Inputs {
+        curate_core::stage::Inputs {
+            kind: "stage".into(),
+            location: self
+                .dir
+                .canonicalize()
+                .unwrap_or(self.dir.clone())
+                .display()
+                .to_string(),
+            items: self.rows(),
+            fingerprint: self.fingerprint(),
+            shards: Vec::new(),
+        }
     }
 }
 

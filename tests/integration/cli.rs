@@ -37,7 +37,6 @@ fn usage_errors_exit_2_and_help_exits_0() {
 #[test]
 fn unbuilt_stages_say_so_and_fail() {
     for (stage, issue) in [
-        ("embed", 4),
         ("dedup", 5),
         ("caption", 7),
         ("score", 8),

@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod embed;
 mod fetch;
 mod ingest;
 mod resume;

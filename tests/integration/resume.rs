@@ -34,7 +34,7 @@ fn reference(tmp: &Path, shard_size: &str) -> std::path::PathBuf {
 }
 
 /// Reads the child's stderr until a line contains `needle`; returns the lines read.
-fn wait_for_line(child: &mut std::process::Child, needle: &str) -> Vec<String> {
+pub fn wait_for_line(child: &mut std::process::Child, needle: &str) -> Vec<String> {
     let stderr = child.stderr.take().unwrap();
     let mut seen = Vec::new();
     for line in BufReader::new(stderr).lines() {

@@ -384,3 +384,48 @@ pub fn read_utf8_columns(
 pub fn row_count(path: &Path) -> Result<u64, IoError> {
     Ok(open(path)?.metadata().file_metadata().num_rows() as u64)
 }
+
+/// Streams some columns of a shard in batches of `batch_rows`, checked
+/// against `table` first: bounded memory however large the shard.
+pub fn stream_columns(
+    path: &Path,
+    table: &TableSchema,
+    columns: &[&str],
+    batch_rows: usize,
+) -> Result<impl Iterator<Item = Result<RecordBatch, IoError>>, IoError> {
+    let builder = open(path)?;
+    table
+        .check_readable(builder.schema())
+        .map_err(|source| IoError::Schema {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut idx = Vec::with_capacity(columns.len());
+    for c in columns {
+        idx.push(
+            builder
+                .schema()
+                .index_of(c)
+                .map_err(|_| IoError::MissingColumn {
+                    path: path.to_path_buf(),
+                    column: c.to_string(),
+                })?,
+        );
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), idx);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(batch_rows.max(1))
+        .build()
+        .map_err(|source| IoError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let path = path.to_path_buf();
+    Ok(reader.map(move |b| {
+        b.map_err(|source| IoError::Arrow {
+            path: path.clone(),
+            source,
+        })
+    }))
+}

@@ -50,6 +50,16 @@ pub enum OnnxError {
         hint: String,
     },
 
+    #[error("model folder {dir}: expected {expected}; found {found}")]
+    MissingFile {
+        dir: PathBuf,
+        expected: String,
+        found: String,
+    },
+
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+
     #[error("inference on {path}: {message}")]
     Run { path: PathBuf, message: String },
 }
@@ -271,3 +281,4 @@ pub fn available_providers() -> Result<Vec<String>, OnnxError> {
 }
 
 pub mod session;
+pub mod vision;

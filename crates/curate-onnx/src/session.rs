@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use ort::session::Session;
-use ort::value::{Tensor, ValueType};
+use ort::value::{Tensor, TensorElementType, ValueType};
 
 use crate::{available_providers, OnnxError, Runtime};
 
@@ -64,6 +64,15 @@ pub struct TensorInfo {
     pub name: String,
     /// e.g. `Tensor<f32>(-1, 4)`.
     pub kind: String,
+    /// Element type and shape (−1 for a dynamic axis), when a tensor.
+    pub tensor: Option<(TensorElementType, Vec<i64>)>,
+}
+
+impl TensorInfo {
+    /// True for a float16 tensor.
+    pub fn is_f16(&self) -> bool {
+        matches!(self.tensor, Some((TensorElementType::Float16, _)))
+    }
 }
 
 /// A tensor's shape and its data, row-major.
@@ -127,6 +136,10 @@ impl Model {
         let info = |o: &ort::value::Outlet| TensorInfo {
             name: o.name().to_string(),
             kind: describe(o.dtype()),
+            tensor: match o.dtype() {
+                ValueType::Tensor { ty, shape, .. } => Some((*ty, shape.to_vec())),
+                _ => None,
+            },
         };
         let inputs = session.inputs().iter().map(info).collect();
         let outputs = session.outputs().iter().map(info).collect();
@@ -206,5 +219,55 @@ impl Model {
             out.push((shape.to_vec(), data.to_vec()));
         }
         Ok(out)
+    }
+
+    /// The declared input or output called `name`.
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.inputs
+            .iter()
+            .chain(self.outputs.iter())
+            .find(|t| t.name == name)
+    }
+
+    /// Runs one float input (`f32` data, converted when the model takes
+    /// float16) and returns one float output as `f32` (converted from
+    /// float16 when the model gives that).
+    pub fn run_float(
+        &mut self,
+        input: &str,
+        shape: Vec<i64>,
+        data: Vec<f32>,
+        output: &str,
+    ) -> Result<ShapedF32, OnnxError> {
+        let path = self.path.clone();
+        let run_err = |message: String| OnnxError::Run {
+            path: path.clone(),
+            message,
+        };
+        let f16_in = self.tensor(input).is_some_and(TensorInfo::is_f16);
+        let value: ort::session::SessionInputValue = if f16_in {
+            let half: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x)).collect();
+            Tensor::from_array((shape, half))
+                .map_err(|e| run_err(e.to_string()))?
+                .into()
+        } else {
+            Tensor::from_array((shape, data))
+                .map_err(|e| run_err(e.to_string()))?
+                .into()
+        };
+        let result = self
+            .session
+            .run(vec![(std::borrow::Cow::Borrowed(input), value)])
+            .map_err(|e| run_err(e.to_string()))?;
+        let v = result
+            .get(output)
+            .ok_or_else(|| run_err(format!("no output `{output}`")))?;
+        if let Ok((shape, data)) = v.try_extract_tensor::<half::f16>() {
+            return Ok((shape.to_vec(), data.iter().map(|x| x.to_f32()).collect()));
+        }
+        let (shape, data) = v
+            .try_extract_tensor::<f32>()
+            .map_err(|e| run_err(format!("output `{output}`: {e}")))?;
+        Ok((shape.to_vec(), data.to_vec()))
     }
 }

@@ -6,6 +6,9 @@
 
 use std::io::Cursor;
 
+pub mod pillow;
+pub mod preprocess;
+
 pub use image;
 
 use image::metadata::Orientation;
@@ -200,10 +203,18 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<Inspected, DecodeError> 
             }
         }
     }
+    inspect_header(bytes, limits)
+}
+
+/// The header facts of [`inspect`] without its structural checks.
+pub(crate) fn inspect_header(bytes: &[u8], limits: &Limits) -> Result<Inspected, DecodeError> {
+    let format = detect_format(bytes)?;
     let (decoder, Header { mode, orientation }) = open_decoder(bytes, format, limits)?;
     let (w, h) = decoder.dimensions();
     if w == 0 || h == 0 {
-        return Err(corrupt(format!("{w}×{h} image")));
+        return Err(DecodeError::Undecodable {
+            detail: format!("{w}×{h} image"),
+        });
     }
     let (width, height) = if orientation >= 5 { (h, w) } else { (w, h) };
     Ok(Inspected {
