@@ -48,8 +48,8 @@ pub enum Command {
     Fetch(Box<FetchArgs>),
     /// CLIP image embeddings through ONNX Runtime (CPU or CUDA), HF-exact preprocessing.
     Embed(EmbedArgs),
-    /// Iterative partitioned DBSCAN dedup on CLIP embeddings. [not built yet: issue #5]
-    Dedup(NotBuiltArgs),
+    /// Near-duplicate removal: iterative partitioned DBSCAN on CLIP embeddings (cos >= --eps).
+    Dedup(Box<DedupArgs>),
     /// Florence-2 captions through ONNX Runtime. [not built yet: issue #7]
     Caption(NotBuiltArgs),
     /// Aesthetic scores into quality tags. [not built yet: issue #8]
@@ -78,7 +78,6 @@ impl Command {
     /// The issue that will build a stage that is not built yet.
     pub fn not_built(&self) -> Option<(&'static str, u32)> {
         Some(match self {
-            Command::Dedup(_) => ("dedup", 5),
             Command::Caption(_) => ("caption", 7),
             Command::Score(_) => ("score", 8),
             Command::EncodeLatents(_) => ("encode-latents", 9),
@@ -305,6 +304,8 @@ pub struct SetupArgs {
 pub enum BenchStage {
     Ingest,
     Fetch,
+    /// CLIP preprocessing alone (one core, all cores; full and reduced DCT decode) and `embed` end to end.
+    Embed,
 }
 
 #[derive(Debug, Args)]
@@ -336,6 +337,9 @@ pub struct BenchArgs {
     /// Keep the generated photos in this folder (to compare other tools on the same files).
     #[arg(long)]
     pub keep: Option<PathBuf>,
+    /// embed, score: the model folder [default: the tiny fixture model].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
 }
 
 /// An ONNX image model and how its input is prepared (embed, score).
@@ -401,4 +405,97 @@ pub struct EmbedArgs {
     pub overwrite: bool,
     #[command(flatten)]
     pub shards: ShardArgs,
+}
+
+/// How dedup clusters (recorded in the stage's configuration).
+#[derive(Debug, Clone, Args)]
+pub struct DedupSettingsArgs {
+    /// Cosine-similarity threshold: images a and b are neighbours when cos(a, b) >= eps.
+    /// (DBSCAN with L2 tolerance sqrt(2 - 2·eps) on unit vectors; scikit-learn's
+    /// metric="cosine" with eps = 1 - this.)
+    #[arg(long, default_value_t = 0.9)]
+    pub eps: f32,
+    /// DBSCAN's min_samples, counting the image itself: core images have at least this many
+    /// images within eps; border images are within eps of a core image; the rest is noise.
+    #[arg(long, default_value_t = 2)]
+    pub min_samples: usize,
+    /// Which image of a cluster is kept: `random` (seeded; the report's rule), `first`
+    /// (first in input order), `best-score` (highest aesthetic score; needs --scores).
+    #[arg(long, default_value = "random")]
+    pub keep: curate_dedup::driver::Keep,
+    /// Scores stage (`curate score` output) for --keep best-score.
+    #[arg(long)]
+    pub scores: Option<PathBuf>,
+    /// Seed of the random partitions and of --keep random.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// How survivors are split into subsets each round: `random` (the report's) or `kmeans`
+    /// (spherical k-means: near-duplicates share a subset, fewer rounds, fewer missed pairs).
+    #[arg(long, default_value = "random")]
+    pub partition: curate_dedup::partition::Rule,
+    /// Largest subset clustered exactly (memory and time grow with its square).
+    #[arg(long, default_value_t = 50_000)]
+    pub partition_size: usize,
+    /// Stop after this many rounds even if the last one still removed images.
+    #[arg(long, default_value_t = 10)]
+    pub max_rounds: u32,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct DedupArgs {
+    #[command(subcommand)]
+    pub step: Option<DedupStep>,
+    /// Embeddings stage directory (the output of `embed`).
+    #[arg(required = true)]
+    pub input: Option<PathBuf>,
+    /// Stage directory to write: clusters (part-00000.parquet), keep.parquet, summary.json, state/.
+    #[arg(short, long, required = true)]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: DedupSettingsArgs,
+    /// Threads for the similarity kernel (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Discard this directory's previous output if it was made with another configuration.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// The steps of a distributed run (plain `curate dedup` runs them all in one process).
+#[derive(Debug, Subcommand)]
+pub enum DedupStep {
+    /// Read the embeddings, write the state (vectors, keys, settings) and plan round 1.
+    Plan {
+        /// Embeddings stage directory.
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        settings: DedupSettingsArgs,
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Cluster the partitions of a round that this task owns (parts p with p mod N = I; see
+    /// --shard-index/--num-shards), reading only their vectors. Finished parts are skipped.
+    Partition {
+        /// The dedup stage directory made by `plan`.
+        dir: PathBuf,
+        #[arg(long)]
+        round: u32,
+        /// Only this part (else every part this task owns).
+        #[arg(long)]
+        part: Option<u32>,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        #[command(flatten)]
+        shards: ShardArgs,
+    },
+    /// Merge a round: survivors, round summary; then plan the next round, or write the final
+    /// tables when the round removed nothing or was the last.
+    Merge {
+        dir: PathBuf,
+        #[arg(long)]
+        round: u32,
+    },
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use rayon::prelude::*;
 
-use crate::cli::{BenchArgs, BenchStage, ImageArgs, IngestArgs, ShardArgs, StorePolicy};
+use crate::cli::{BenchArgs, BenchStage, ImageArgs, IngestArgs, ShardArgs, StorePolicy, Verify};
 use crate::progress::peak_rss_bytes;
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -34,6 +34,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let result = match args.stage {
         BenchStage::Ingest => bench_ingest(args, &input, &scratch),
         BenchStage::Fetch => bench_fetch(args, &input, &scratch),
+        BenchStage::Embed => bench_embed(args, &input, &scratch),
     };
     let _ = std::fs::remove_dir_all(&scratch);
     result
@@ -291,6 +292,153 @@ fn generate(dir: &Path, count: usize, width: u32, height: u32) -> anyhow::Result
         })
         .collect::<anyhow::Result<_>>()?;
     Ok(sizes.iter().sum())
+}
+
+/// The preprocessing of a model (decode, resize, crop, normalise to CHW
+/// floats) timed alone, then `curate embed` end to end on the same photos.
+fn bench_embed(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Result<()> {
+    use curate_vision::preprocess::{load_rgb, DecodeScale, PixelSpec};
+    let model = args
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/clip-tiny"));
+    let files = curate_onnx::vision::ModelFiles::resolve(&model, super::embed::CLIP_CANDIDATES)?;
+    let spec = files.pixel_spec(PixelSpec::clip())?;
+    let blobs: Vec<Vec<u8>> = walkdir::WalkDir::new(input)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| std::fs::read(e.path()))
+        .collect::<Result<_, _>>()?;
+    let n = blobs.len() as f64;
+    let limits = curate_vision::Limits::default();
+    let tables = spec.tables();
+    let (h, w) = spec.fixed_hw().context("the model's preprocessing has no fixed size")?;
+    let prepare = |b: &[u8], scale: DecodeScale| -> Vec<f32> {
+        let loaded = load_rgb(b, &limits, &spec, scale).expect("generated photos decode");
+        let pic = spec.resize_crop(&loaded.rgb);
+        let mut out = vec![0f32; (3 * h * w) as usize];
+        PixelSpec::to_chw(&pic, &tables, &mut out);
+        out
+    };
+    let threads = rayon::current_num_threads();
+    println!(
+        "preprocessing ({} photos, {:?} → {h}×{w}, decode + resize + crop + normalise):",
+        blobs.len(),
+        spec.resize
+    );
+    for scale in [DecodeScale::Full, DecodeScale::Reduced] {
+        let t = Instant::now();
+        blobs.iter().for_each(|b| {
+            std::hint::black_box(prepare(b, scale));
+        });
+        let one = n / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        blobs.par_iter().for_each(|b| {
+            std::hint::black_box(prepare(b, scale));
+        });
+        let all = n / t.elapsed().as_secs_f64();
+        println!("  --decode-scale {scale:<8?} {one:>8.1} images/s on one core, {all:>8.1} on {threads} threads");
+    }
+    // Where the time goes, one core.
+    let decoded: Vec<_> = blobs
+        .iter()
+        .map(|b| load_rgb(b, &limits, &spec, DecodeScale::Full).expect("decodes"))
+        .collect();
+    let step = |what: &str, f: &dyn Fn()| {
+        let t = Instant::now();
+        f();
+        println!("    {what:<40} {:>8.1} images/s on one core", n / t.elapsed().as_secs_f64());
+    };
+    step("decode only, full (jpeg-decoder)", &|| {
+        blobs.iter().for_each(|b| {
+            std::hint::black_box(load_rgb(b, &limits, &spec, DecodeScale::Full).ok());
+        })
+    });
+    step("decode only, reduced DCT (jpeg-decoder)", &|| {
+        blobs.iter().for_each(|b| {
+            std::hint::black_box(load_rgb(b, &limits, &spec, DecodeScale::Reduced).ok());
+        })
+    });
+    step("decode only, full (zune-jpeg)", &|| {
+        blobs.iter().for_each(|b| {
+            std::hint::black_box(curate_vision::decode(b, &limits).ok());
+        })
+    });
+    step("resize + crop + normalise (from full)", &|| {
+        decoded.iter().for_each(|d| {
+            let pic = spec.resize_crop(&d.rgb);
+            let mut out = vec![0f32; (3 * h * w) as usize];
+            PixelSpec::to_chw(&pic, &tables, &mut out);
+            std::hint::black_box(out);
+        })
+    });
+    let (mut max, mut sum, mut count) = (0f32, 0f64, 0usize);
+    for b in &blobs {
+        let (a, r) = (prepare(b, DecodeScale::Full), prepare(b, DecodeScale::Reduced));
+        for (x, y) in a.iter().zip(&r) {
+            let d = (x - y).abs();
+            max = max.max(d);
+            sum += d as f64;
+            count += 1;
+        }
+    }
+    println!(
+        "  reduced vs full decode: max abs diff {max:.4}, mean {:.5} (normalised units)",
+        sum / count.max(1) as f64
+    );
+
+    let images = scratch.join("images");
+    super::ingest::run(&IngestArgs {
+        input: input.to_path_buf(),
+        output: images.clone(),
+        shard_size: 1000,
+        image: ImageArgs {
+            store: StorePolicy::Original,
+            max_pixels: limits.max_pixels,
+            jpeg_quality: 95,
+            verify: Verify::Header,
+            threads: 0,
+        },
+        overwrite: false,
+        shards: ShardArgs {
+            shard_index: Some(0),
+            num_shards: Some(1),
+        },
+    })?;
+    for scale in ["full", "reduced"] {
+        let out = scratch.join(format!("embed-{scale}"));
+        let argv = [
+            "curate",
+            "embed",
+            &images.display().to_string(),
+            "--output",
+            &out.display().to_string(),
+            "--model",
+            &model.display().to_string(),
+            "--decode-scale",
+            scale,
+            "--shard-index",
+            "0",
+            "--num-shards",
+            "1",
+        ];
+        let cli = crate::cli::Cli::try_parse_from(argv)?;
+        let crate::cli::Command::Embed(embed_args) = cli.command else {
+            unreachable!("parsed an embed command")
+        };
+        let t = Instant::now();
+        let summary = super::embed::run(&embed_args)?;
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "embed end to end (--decode-scale {scale}, model {}): {} images in {secs:.2} s = {:.1} images/s, peak RSS {:.0} MiB",
+            files.id,
+            summary.records,
+            summary.records as f64 / secs,
+            peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
 }
 
 fn tempdir() -> anyhow::Result<PathBuf> {

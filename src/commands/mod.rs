@@ -1,6 +1,7 @@
 //! One file per command.
 
 mod bench;
+pub mod dedup;
 mod doctor;
 pub mod embed;
 pub mod fetch;
@@ -35,6 +36,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(args) => ingest::run(&args).map(|_| ()),
         Command::Fetch(args) => fetch::run(&args).map(|_| ()),
         Command::Embed(args) => embed::run(&args).map(|_| ()),
+        Command::Dedup(args) => dedup::run(&args).map(|_| ()),
         Command::Run(args) => run::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Doctor(args) => doctor::run(&args),

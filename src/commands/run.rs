@@ -201,6 +201,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             Command::Ingest(a) => super::ingest::run(a),
             Command::Fetch(a) => super::fetch::run(a),
             Command::Embed(a) => super::embed::run(a),
+            Command::Dedup(a) => super::dedup::run(a),
             _ => bail!("stage `{name}`: `{}` is not a pipeline stage", stage.run),
         }
         .with_context(|| format!("stage `{name}` ({})", stage.run))?;

@@ -8,6 +8,7 @@ use std::io::Cursor;
 
 pub mod pillow;
 pub mod preprocess;
+pub mod turbo;
 
 pub use image;
 

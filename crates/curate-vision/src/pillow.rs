@@ -147,29 +147,49 @@ pub fn resize<const C: usize>(
     nh: usize,
     filter: Filter,
 ) -> Vec<u8> {
+    resize_region::<C>(src, w, h, nw, nh, (0, 0, nw, nh), filter)
+}
+
+/// The part `(left, top, width, height)` of what [`resize`] would return,
+/// computing only those output pixels (each output pixel depends only on
+/// its own coefficients, so the values are identical): a resize followed
+/// by a crop at the cost of the crop.
+pub fn resize_region<const C: usize>(
+    src: &[u8],
+    w: usize,
+    h: usize,
+    nw: usize,
+    nh: usize,
+    region: (usize, usize, usize, usize),
+    filter: Filter,
+) -> Vec<u8> {
     assert_eq!(src.len(), w * h * C, "source is w·h·C bytes");
+    let (left, top, rw, rh) = region;
+    assert!(left + rw <= nw && top + rh <= nh, "region inside the output");
     let need_h = nw != w;
     let need_v = nh != h;
     let vert = precompute(h, nh, filter);
-    // Rows of the source the vertical pass reads.
+    // Source rows the region's output rows read.
     let (first, last) = if need_v {
-        let (a, _) = vert.bounds[0];
-        let (b, n) = vert.bounds[nh - 1];
+        let a = vert.bounds[top].0;
+        let (b, n) = vert.bounds[top + rh - 1];
         (a, b + n)
     } else {
-        (0, h)
+        (top, top + rh)
     };
-    let mid: Vec<u8>;
-    let (mid_ref, mid_w, row0) = if need_h {
+    // Horizontal pass over those rows, region columns only.
+    let mid: Vec<u8> = if need_h {
         let hor = precompute(w, nw, filter);
         let rows = last - first;
-        let mut out = vec![0u8; nw * rows * C];
-        for (y, orow) in out.chunks_exact_mut(nw * C).enumerate() {
+        let mut out = vec![0u8; rw * rows * C];
+        let cols = &hor.bounds[left..left + rw];
+        for (y, orow) in out.chunks_exact_mut(rw * C).enumerate() {
             let irow = &src[(y + first) * w * C..(y + first + 1) * w * C];
-            for (xx, &(xmin, count)) in hor.bounds.iter().enumerate() {
-                let k = &hor.kk[xx * hor.ksize..xx * hor.ksize + count];
-                let mut ss = [1i32 << (PRECISION_BITS - 1); C];
+            for (xx, &(xmin, count)) in cols.iter().enumerate() {
+                let k0 = (left + xx) * hor.ksize;
+                let k = &hor.kk[k0..k0 + count];
                 let px = &irow[xmin * C..(xmin + count) * C];
+                let mut ss = [1i32 << (PRECISION_BITS - 1); C];
                 for (p, &kv) in px.chunks_exact(C).zip(k) {
                     for c in 0..C {
                         ss[c] += p[c] as i32 * kv;
@@ -180,23 +200,28 @@ pub fn resize<const C: usize>(
                 }
             }
         }
-        mid = out;
-        (&mid[..], nw, first)
+        out
     } else {
-        (src, w, 0)
+        let mut out = Vec::with_capacity(rw * (last - first) * C);
+        for y in first..last {
+            out.extend_from_slice(&src[(y * w + left) * C..(y * w + left + rw) * C]);
+        }
+        out
     };
+    let stride = rw * C;
     if !need_v {
-        return mid_ref[(first - row0) * mid_w * C..(last - row0) * mid_w * C].to_vec();
+        return mid;
     }
-    let mut out = vec![0u8; nw * nh * C];
-    let stride = mid_w * C;
+    let mut out = vec![0u8; rw * rh * C];
     let mut acc = vec![0i32; stride];
-    for (yy, &(ymin, count)) in vert.bounds.iter().enumerate() {
-        let k = &vert.kk[yy * vert.ksize..yy * vert.ksize + count];
+    for yy in 0..rh {
+        let (ymin, count) = vert.bounds[top + yy];
+        let k0 = (top + yy) * vert.ksize;
+        let k = &vert.kk[k0..k0 + count];
         acc.fill(1 << (PRECISION_BITS - 1));
         for (y, &kv) in k.iter().enumerate() {
-            let r = ymin + y - row0;
-            let irow = &mid_ref[r * stride..(r + 1) * stride];
+            let r = ymin + y - first;
+            let irow = &mid[r * stride..(r + 1) * stride];
             for (a, &p) in acc.iter_mut().zip(irow) {
                 *a += p as i32 * kv;
             }

@@ -287,22 +287,34 @@ impl PixelSpec {
     }
 
     /// The resized and cropped `uint8` picture (what the reference holds before rescaling).
+    /// When the crop lies inside the resized picture only the cropped pixels are computed.
     pub fn resize_crop(&self, rgb: &RgbImage) -> RgbImage {
         let (sw, sh) = rgb.dimensions();
         let (rw, rh) = self.resized_size(sw, sh);
-        let resized = if (rw, rh) == (sw, sh) {
-            rgb.clone()
-        } else {
-            let (w, h, nw, nh) = (sw as usize, sh as usize, rw as usize, rh as usize);
-            let data = match self.resample.filter() {
-                Some(f) => pillow::resize::<3>(rgb.as_raw(), w, h, nw, nh, f),
-                None => nearest(rgb.as_raw(), w, h, nw, nh),
-            };
-            RgbImage::from_raw(rw, rh, data).expect("resize output has w·h·3 bytes")
+        let region = match self.crop {
+            Some((ch, cw)) if cw <= rw && ch <= rh => {
+                ((rw - cw) / 2, (rh - ch) / 2, cw, ch)
+            }
+            Some(_) => (0, 0, rw, rh), // padded below
+            None => (0, 0, rw, rh),
         };
+        let (w, h, nw, nh) = (sw as usize, sh as usize, rw as usize, rh as usize);
+        let region_us = (region.0 as usize, region.1 as usize, region.2 as usize, region.3 as usize);
+        let data = if (rw, rh) == (sw, sh) {
+            pillow::resize_region::<3>(rgb.as_raw(), w, h, nw, nh, region_us, Filter::Box)
+        } else {
+            match self.resample.filter() {
+                Some(f) => pillow::resize_region::<3>(rgb.as_raw(), w, h, nw, nh, region_us, f),
+                None => {
+                    let full = nearest(rgb.as_raw(), w, h, nw, nh);
+                    pillow::resize_region::<3>(&full, nw, nh, nw, nh, region_us, Filter::Box)
+                }
+            }
+        };
+        let out = RgbImage::from_raw(region.2, region.3, data).expect("region has w·h·3 bytes");
         match self.crop {
-            None => resized,
-            Some((ch, cw)) => centre_crop(&resized, ch, cw),
+            Some((ch, cw)) if (cw, ch) != (region.2, region.3) => centre_crop(&out, ch, cw),
+            _ => out,
         }
     }
 
@@ -391,6 +403,8 @@ pub struct Loaded {
     pub source_height: u32,
     /// 1, 2, 4 or 8: the DCT reduction used.
     pub reduction: u32,
+    /// Which decoder made the pixels: `libjpeg-turbo`, `jpeg-decoder` or `image`.
+    pub decoder: &'static str,
 }
 
 /// Decodes `bytes` to upright RGB for `spec`, at reduced DCT scale when allowed and possible.
@@ -412,6 +426,7 @@ pub fn load_rgb(
         source_height: rgb.height(),
         rgb,
         reduction: 1,
+        decoder: "image",
     })
 }
 
@@ -446,6 +461,55 @@ fn load_jpeg(
             }
         }
     }
+    let (image, decoder) = match crate::turbo::decode(bytes, reduction) {
+        Some(Ok(p)) => (
+            RgbImage::from_raw(p.width, p.height, p.rgb).map(DynamicImage::ImageRgb8),
+            "libjpeg-turbo",
+        ),
+        Some(Err(detail)) => {
+            let truncated = crate::jpeg_is_truncated(bytes) || detail.contains("Premature end");
+            return Err(if truncated {
+                DecodeError::Truncated {
+                    format: "jpeg",
+                    detail,
+                }
+            } else {
+                DecodeError::Undecodable {
+                    detail: format!("jpeg: {detail}"),
+                }
+            });
+        }
+        None => (decode_jpeg_decoder(bytes, limits, reduction)?, "jpeg-decoder"),
+    };
+    if crate::jpeg_is_truncated(bytes) {
+        return Err(DecodeError::Truncated {
+            format: "jpeg",
+            detail: "no end-of-image marker after the last scan".into(),
+        });
+    }
+    let Some(mut image) = image else {
+        return Err(DecodeError::Undecodable {
+            detail: "jpeg: decoder returned a buffer of the wrong size".into(),
+        });
+    };
+    if let Some(o) = Orientation::from_exif(header.orientation) {
+        image.apply_orientation(o);
+    }
+    Ok(Some(Loaded {
+        rgb: image.to_rgb8(),
+        source_width: ow,
+        source_height: oh,
+        reduction,
+        decoder,
+    }))
+}
+
+/// `jpeg-decoder` at 1/`reduction` DCT scale; `None` inside when the pixel format is not RGB/grey.
+fn decode_jpeg_decoder(
+    bytes: &[u8],
+    limits: &Limits,
+    reduction: u32,
+) -> Result<Option<DynamicImage>, DecodeError> {
     let undecodable = |e: jpeg_decoder::Error| DecodeError::Undecodable {
         detail: format!("jpeg: {e}"),
     };
@@ -462,32 +526,10 @@ fn load_jpeg(
         )
         .map_err(undecodable)?;
     let pixels = d.decode().map_err(undecodable)?;
-    if crate::jpeg_is_truncated(bytes) {
-        return Err(DecodeError::Truncated {
-            format: "jpeg",
-            detail: "no end-of-image marker after the last scan".into(),
-        });
-    }
     let (dw, dh) = (dw as u32, dh as u32);
-    let image = match info.pixel_format {
+    Ok(match info.pixel_format {
         jpeg_decoder::PixelFormat::RGB24 => RgbImage::from_raw(dw, dh, pixels).map(DynamicImage::ImageRgb8),
-        jpeg_decoder::PixelFormat::L8 => {
-            image::GrayImage::from_raw(dw, dh, pixels).map(DynamicImage::ImageLuma8)
-        }
-        _ => return Ok(None),
-    };
-    let Some(mut image) = image else {
-        return Err(DecodeError::Undecodable {
-            detail: format!("jpeg: decoder returned a buffer that is not {dw}×{dh}"),
-        });
-    };
-    if let Some(o) = Orientation::from_exif(header.orientation) {
-        image.apply_orientation(o);
-    }
-    Ok(Some(Loaded {
-        rgb: image.to_rgb8(),
-        source_width: ow,
-        source_height: oh,
-        reduction,
-    }))
+        jpeg_decoder::PixelFormat::L8 => image::GrayImage::from_raw(dw, dh, pixels).map(DynamicImage::ImageLuma8),
+        _ => None,
+    })
 }
