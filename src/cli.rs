@@ -52,8 +52,8 @@ pub enum Command {
     Dedup(Box<DedupArgs>),
     /// Florence-2 captions through ONNX Runtime. [not built yet: issue #7]
     Caption(NotBuiltArgs),
-    /// Aesthetic scores into quality tags. [not built yet: issue #8]
-    Score(NotBuiltArgs),
+    /// Aesthetic scores (Aesthetic Predictor V2.5 through ONNX Runtime, or a head on CLIP embeddings) into quality tags.
+    Score(Box<ScoreArgs>),
     /// Resize/crop into buckets and encode FLUX-VAE latents. [not built yet: issue #9]
     EncodeLatents(NotBuiltArgs),
     /// Train the oboro DiT with I-CFM on latent shards. [not built yet: issue #10]
@@ -79,7 +79,6 @@ impl Command {
     pub fn not_built(&self) -> Option<(&'static str, u32)> {
         Some(match self {
             Command::Caption(_) => ("caption", 7),
-            Command::Score(_) => ("score", 8),
             Command::EncodeLatents(_) => ("encode-latents", 9),
             Command::Train(_) => ("train", 10),
             Command::Sample(_) => ("sample", 10),
@@ -306,6 +305,9 @@ pub enum BenchStage {
     Fetch,
     /// CLIP preprocessing alone (one core, all cores; full and reduced DCT decode) and `embed` end to end.
     Embed,
+    /// Dedup on synthetic unit vectors with planted near-duplicates: one exact partition
+    /// (GFLOP/s of the kernel), or the partitioned rounds (--partition-size < --rows).
+    Dedup,
 }
 
 #[derive(Debug, Args)]
@@ -340,6 +342,21 @@ pub struct BenchArgs {
     /// embed, score: the model folder [default: the tiny fixture model].
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// dedup: synthetic embeddings (about a quarter of them planted near-copies, cos 0.93–0.99).
+    #[arg(long, default_value_t = 50_000)]
+    pub rows: usize,
+    /// dedup: embedding dimension.
+    #[arg(long, default_value_t = 768)]
+    pub dim: usize,
+    /// dedup: partition size (>= --rows: one exact partition).
+    #[arg(long, default_value_t = 1_000_000_000)]
+    pub partition_size: usize,
+    /// dedup: partitioning rule for the partitioned benchmark.
+    #[arg(long, default_value = "random")]
+    pub partition: curate_dedup::partition::Rule,
+    /// dedup: also write vectors.f32 and our labels.i32 here (for fixtures/dedup/sklearn_bench.py --compare).
+    #[arg(long)]
+    pub write: Option<PathBuf>,
 }
 
 /// An ONNX image model and how its input is prepared (embed, score).
@@ -460,6 +477,11 @@ pub struct DedupArgs {
     /// Discard this directory's previous output if it was made with another configuration.
     #[arg(long)]
     pub overwrite: bool,
+    /// Several processes (Slurm array tasks) may run the same command: each computes the
+    /// partitions p with p mod N = I of every round and waits for the others' files; task 0
+    /// writes the final tables.
+    #[command(flatten)]
+    pub shards: ShardArgs,
 }
 
 /// The steps of a distributed run (plain `curate dedup` runs them all in one process).
@@ -498,4 +520,47 @@ pub enum DedupStep {
         #[arg(long)]
         round: u32,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// Image stage directory (`fetch`/`ingest` output); with --from-embeddings, an embeddings stage (`embed` output).
+    pub input: PathBuf,
+    /// Stage directory to write (one score shard per input shard).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// The predictor as one ONNX model (`pixel_values` → `score`): a .onnx file or a folder
+    /// with model.onnx and preprocessor_config.json (export your own with
+    /// pipelines/tools/export_aesthetic_v2_5.py; the weights are AGPL and not shipped).
+    #[arg(long, required_unless_present = "from_embeddings")]
+    pub model: Option<PathBuf>,
+    /// Score CLIP embeddings with a LAION-style MLP head instead (safetensors: linear layers
+    /// applied in order, no activations, e.g. layers.{0,2,4,6,7}); no second image pass.
+    #[arg(long, value_name = "HEAD.safetensors", conflicts_with = "model")]
+    pub from_embeddings: Option<PathBuf>,
+    /// Input tensor name.
+    #[arg(long, default_value = "pixel_values")]
+    pub input_name: String,
+    /// Output tensor name.
+    #[arg(long, default_value = "score")]
+    pub output_name: String,
+    /// Model id stored with every row [default: config.json's _name_or_path, else the file or folder name].
+    #[arg(long)]
+    pub model_id: Option<String>,
+    /// Quality bands as LOWER_EDGE:TAG, lower edges inclusive (the report's defaults).
+    #[arg(
+        long,
+        default_value = "6.0:excellent score,5.2:good score,4.0:average score"
+    )]
+    pub bands: String,
+    /// Scores strictly below this are dropped (excluded from training; no tag).
+    #[arg(long, default_value_t = 4.0)]
+    pub drop_below: f32,
+    #[command(flatten)]
+    pub onnx: OnnxImageArgs,
+    /// Discard this directory's previous output if it was made with another configuration.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub shards: ShardArgs,
 }

@@ -16,6 +16,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let scratch = tempdir()?;
     let input = match &args.dir {
         Some(d) => d.clone(),
+        None if args.stage == BenchStage::Dedup => scratch.clone(),
         None => {
             let dir = args.keep.clone().unwrap_or_else(|| scratch.join("photos"));
             let t = Instant::now();
@@ -35,6 +36,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         BenchStage::Ingest => bench_ingest(args, &input, &scratch),
         BenchStage::Fetch => bench_fetch(args, &input, &scratch),
         BenchStage::Embed => bench_embed(args, &input, &scratch),
+        BenchStage::Dedup => bench_dedup(args, &scratch),
     };
     let _ = std::fs::remove_dir_all(&scratch);
     result
@@ -298,10 +300,9 @@ fn generate(dir: &Path, count: usize, width: u32, height: u32) -> anyhow::Result
 /// floats) timed alone, then `curate embed` end to end on the same photos.
 fn bench_embed(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Result<()> {
     use curate_vision::preprocess::{load_rgb, DecodeScale, PixelSpec};
-    let model = args
-        .model
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/clip-tiny"));
+    let model = args.model.clone().unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/clip-tiny")
+    });
     let files = curate_onnx::vision::ModelFiles::resolve(&model, super::embed::CLIP_CANDIDATES)?;
     let spec = files.pixel_spec(PixelSpec::clip())?;
     let blobs: Vec<Vec<u8>> = walkdir::WalkDir::new(input)
@@ -313,7 +314,9 @@ fn bench_embed(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Result
     let n = blobs.len() as f64;
     let limits = curate_vision::Limits::default();
     let tables = spec.tables();
-    let (h, w) = spec.fixed_hw().context("the model's preprocessing has no fixed size")?;
+    let (h, w) = spec
+        .fixed_hw()
+        .context("the model's preprocessing has no fixed size")?;
     let prepare = |b: &[u8], scale: DecodeScale| -> Vec<f32> {
         let loaded = load_rgb(b, &limits, &spec, scale).expect("generated photos decode");
         let pic = spec.resize_crop(&loaded.rgb);
@@ -348,7 +351,10 @@ fn bench_embed(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Result
     let step = |what: &str, f: &dyn Fn()| {
         let t = Instant::now();
         f();
-        println!("    {what:<40} {:>8.1} images/s on one core", n / t.elapsed().as_secs_f64());
+        println!(
+            "    {what:<40} {:>8.1} images/s on one core",
+            n / t.elapsed().as_secs_f64()
+        );
     };
     step("decode only, full (jpeg-decoder)", &|| {
         blobs.iter().for_each(|b| {
@@ -375,7 +381,10 @@ fn bench_embed(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Result
     });
     let (mut max, mut sum, mut count) = (0f32, 0f64, 0usize);
     for b in &blobs {
-        let (a, r) = (prepare(b, DecodeScale::Full), prepare(b, DecodeScale::Reduced));
+        let (a, r) = (
+            prepare(b, DecodeScale::Full),
+            prepare(b, DecodeScale::Reduced),
+        );
         for (x, y) in a.iter().zip(&r) {
             let d = (x - y).abs();
             max = max.max(d);
@@ -438,6 +447,153 @@ fn bench_embed(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Result
             peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
         );
     }
+    Ok(())
+}
+
+/// Unit vectors: groups of 1 + k near-copies (k = 0..3, cos ≈ 0.93–0.99 to
+/// their base) of random gaussian directions; returns the planted pairs.
+fn planted_embeddings(n: usize, d: usize) -> (curate_dedup::kernel::Matrix, Vec<(u32, u32)>) {
+    use curate_dedup::rng::SplitMix64;
+    // Group g: a base at index start(g), then g % 4 copies.
+    let mut starts = Vec::new();
+    let mut i = 0usize;
+    let mut g = 0usize;
+    while i < n {
+        starts.push((i, (g % 4).min(n - i - 1)));
+        i += 1 + g % 4;
+        g += 1;
+    }
+    let mut data = vec![0f32; n * d];
+    let groups: Vec<(usize, usize)> = starts.clone();
+    let chunks: Vec<(usize, usize, &mut [f32])> = {
+        let mut rest: &mut [f32] = &mut data;
+        let mut out = Vec::with_capacity(groups.len());
+        for &(start, copies) in &groups {
+            let (head, tail) = rest.split_at_mut((1 + copies) * d);
+            out.push((start, copies, head));
+            rest = tail;
+        }
+        out
+    };
+    chunks.into_par_iter().for_each(|(start, copies, buf)| {
+        let mut rng = SplitMix64::new(start as u64);
+        let mut scales = SplitMix64::new(!(start as u64));
+        let mut gauss = || {
+            let u1 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 + 1e-12;
+            let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+        };
+        let (base, copies_buf) = buf.split_at_mut(d);
+        base.iter_mut().for_each(|x| *x = gauss());
+        let norm = base.iter().map(|x| x * x).sum::<f32>().sqrt();
+        base.iter_mut().for_each(|x| *x /= norm);
+        for c in 0..copies {
+            // noise of norm s gives cos ≈ 1/√(1+s²): s in 0.14..0.39 → cos 0.93..0.99.
+            let s = 0.14 + 0.25 * ((scales.next_u64() >> 11) as f64 / (1u64 << 53) as f64) as f32;
+            let row = &mut copies_buf[c * d..(c + 1) * d];
+            for (x, b) in row.iter_mut().zip(base.iter()) {
+                *x = b + s * gauss() / (d as f32).sqrt();
+            }
+        }
+    });
+    let mut x = curate_dedup::kernel::Matrix::new(n, d, data).expect("n·d floats");
+    x.normalise();
+    let pairs = starts
+        .iter()
+        .flat_map(|&(start, copies)| (1..=copies).map(move |c| (start as u32, (start + c) as u32)))
+        .collect();
+    (x, pairs)
+}
+
+fn bench_dedup(args: &BenchArgs, scratch: &Path) -> anyhow::Result<()> {
+    use curate_dedup::driver::{self, Keep, Points, Settings, State};
+    let t = Instant::now();
+    let (x, planted) = planted_embeddings(args.rows, args.dim);
+    println!(
+        "{} synthetic unit vectors of dimension {} ({} planted near-duplicate pairs) in {:.1} s",
+        x.rows,
+        x.dim,
+        planted.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let settings = Settings {
+        eps: 0.9,
+        min_samples: 2,
+        keep: Keep::Random,
+        seed: 0,
+        partition: args.partition,
+        partition_size: args.partition_size,
+        max_rounds: 20,
+        block: curate_dedup::kernel::DEFAULT_BLOCK,
+    };
+    if args.partition_size >= args.rows {
+        let t = Instant::now();
+        let g = curate_dedup::kernel::eps_graph(&x, settings.eps, settings.block);
+        let kernel = t.elapsed().as_secs_f64();
+        let t2 = Instant::now();
+        let c = curate_dedup::dbscan::dbscan(&g, settings.min_samples);
+        let db = t2.elapsed().as_secs_f64();
+        println!(
+            "exact, one partition: kernel {kernel:.2} s ({:.1} GFLOP/s on {} threads, {} pairs), DBSCAN {db:.3} s; total {:.2} s; {} clusters, {} noise; peak RSS {:.0} MiB",
+            g.flops / 1e9 / kernel,
+            rayon::current_num_threads(),
+            g.pairs(),
+            kernel + db,
+            c.clusters,
+            c.labels.iter().filter(|&&l| l < 0).count(),
+            peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
+        );
+        if let Some(dir) = &args.write {
+            std::fs::create_dir_all(dir)?;
+            let v: Vec<u8> = x.data.iter().flat_map(|f| f.to_le_bytes()).collect();
+            std::fs::write(dir.join("vectors.f32"), v)?;
+            let l: Vec<u8> = c
+                .labels
+                .iter()
+                .flat_map(|&l| (l as i32).to_le_bytes())
+                .collect();
+            std::fs::write(dir.join("labels.i32"), l)?;
+            println!(
+                "wrote {0}/vectors.f32 and {0}/labels.i32; compare: python fixtures/dedup/sklearn_bench.py --input {0}/vectors.f32 --dim {1} --eps 0.9 --min-samples 2 --compare {0}/labels.i32",
+                dir.display(),
+                x.dim
+            );
+        }
+        return Ok(());
+    }
+    let points = Points {
+        keys: (0..x.rows).map(|i| format!("{i:016x}")).collect(),
+        x,
+        scores: None,
+    };
+    let state = State::new(&scratch.join("dedup-state"))?;
+    let t = Instant::now();
+    let (outcome, history) = driver::run_all(&points, &settings, &state, &mut ())?;
+    let rounds_s = t.elapsed().as_secs_f64();
+    let rows = driver::finish(&points, &history);
+    let found = planted
+        .iter()
+        .filter(|(a, b)| rows[*a as usize].representative == rows[*b as usize].representative)
+        .count();
+    for r in &outcome.rounds {
+        println!(
+            "  round {}: {} partitions (largest {}), {} → {} ({} removed), kernel {:.1} GFLOP/s",
+            r.round, r.parts, r.max_part, r.images_in, r.images_out, r.removed, r.kernel_gflops
+        );
+    }
+    println!(
+        "partitioned ({:?}, size {}): {:.1} s, {} rounds{}, {} → {} kept; planted pairs found {found}/{} ({:.2}%); peak RSS {:.0} MiB",
+        settings.partition,
+        settings.partition_size,
+        rounds_s,
+        outcome.rounds.len(),
+        if outcome.converged { " (converged)" } else { " (max rounds)" },
+        rows.len(),
+        rows.iter().filter(|r| r.kept).count(),
+        planted.len(),
+        100.0 * found as f64 / planted.len().max(1) as f64,
+        peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
+    );
     Ok(())
 }
 

@@ -26,7 +26,9 @@ use arrow_array::{
 };
 use curate_core::split::ShardSplit;
 use curate_core::stage::{Opened, ShardState, StageDir, StageSpec};
-use curate_dedup::driver::{self, ClusterRow, Outcome, PartResult, Plan, Points, RoundSummary, Settings, State};
+use curate_dedup::driver::{
+    self, ClusterRow, Outcome, PartResult, Plan, Points, RoundSummary, Settings, State,
+};
 use curate_dedup::kernel::Matrix;
 
 use super::shared::{TableShard, Upstream};
@@ -42,7 +44,10 @@ pub fn run(args: &DedupArgs) -> anyhow::Result<StageSummary> {
         None => {
             let input = args.input.as_ref().expect("clap requires the input");
             let output = args.output.as_ref().expect("clap requires --output");
-            with_threads(args.threads, || run_local(input, output, &args.settings, args.overwrite))
+            let split = ShardSplit::from_env(args.shards.shard_index, args.shards.num_shards)?;
+            with_threads(args.threads, || {
+                run_local(input, output, &args.settings, args.overwrite, &split)
+            })
         }
         Some(DedupStep::Plan {
             input,
@@ -53,8 +58,14 @@ pub fn run(args: &DedupArgs) -> anyhow::Result<StageSummary> {
             let (stage, _) = open_stage(input, output, settings, *overwrite)?;
             prepare(&stage, input, settings)?;
             let state = State::new(&stage.dir().join("state"))?;
-            let plan: Plan = state.read(&state.plan_path(1))?.expect("prepare plans round 1");
-            println!("round 1: {} partitions; run `curate dedup partition {} --round 1` for each", plan.parts.len(), output.display());
+            let plan: Plan = state
+                .read(&state.plan_path(1))?
+                .expect("prepare plans round 1");
+            println!(
+                "round 1: {} partitions; run `curate dedup partition {} --round 1` for each",
+                plan.parts.len(),
+                output.display()
+            );
             Ok(StageSummary::default())
         }
         Some(DedupStep::Partition {
@@ -71,7 +82,10 @@ pub fn run(args: &DedupArgs) -> anyhow::Result<StageSummary> {
     }
 }
 
-fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+fn with_threads<T: Send>(
+    threads: usize,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -213,7 +227,9 @@ fn read_embeddings(upstream: &Upstream) -> anyhow::Result<(Vec<String>, Matrix, 
     let mut model = None;
     for rec in &upstream.shards {
         let path = upstream.shard_path(rec);
-        for batch in curate_io::stream_columns(&path, table, &["key", "status", "model", "embedding"], 8192)? {
+        for batch in
+            curate_io::stream_columns(&path, table, &["key", "status", "model", "embedding"], 8192)?
+        {
             let batch = batch?;
             let k = batch.column(0).as_string::<i32>();
             let st = batch.column(1).as_string::<i32>();
@@ -223,7 +239,10 @@ fn read_embeddings(upstream: &Upstream) -> anyhow::Result<(Vec<String>, Matrix, 
             if dim == 0 {
                 dim = d;
             } else if d != dim {
-                bail!("{}: embeddings of dimension {d}, earlier shards had {dim}", path.display());
+                bail!(
+                    "{}: embeddings of dimension {d}, earlier shards had {dim}",
+                    path.display()
+                );
             }
             for i in 0..batch.num_rows() {
                 if st.value(i) != "ok" || e.is_null(i) {
@@ -235,16 +254,22 @@ fn read_embeddings(upstream: &Upstream) -> anyhow::Result<(Vec<String>, Matrix, 
                 keys.push(k.value(i).to_string());
                 let v = e.value(i);
                 match v.data_type() {
-                    arrow_schema::DataType::Float16 => {
-                        data.extend(v.as_primitive::<Float16Type>().values().iter().map(|h| h.to_f32()))
-                    }
+                    arrow_schema::DataType::Float16 => data.extend(
+                        v.as_primitive::<Float16Type>()
+                            .values()
+                            .iter()
+                            .map(|h| h.to_f32()),
+                    ),
                     _ => data.extend_from_slice(v.as_primitive::<Float32Type>().values()),
                 }
             }
         }
     }
     if keys.is_empty() {
-        bail!("{}: no embedded images (status ok) to deduplicate", upstream.dir.display());
+        bail!(
+            "{}: no embedded images (status ok) to deduplicate",
+            upstream.dir.display()
+        );
     }
     let mut x = Matrix::new(keys.len(), dim, data)?;
     // f16 storage leaves norms a little off 1.
@@ -257,7 +282,9 @@ fn read_scores(dir: &Path, keys: &[String]) -> anyhow::Result<Vec<f32>> {
     let table = curate_core::schema::get("scores")?;
     let mut by_key: HashMap<String, f32> = HashMap::new();
     for rec in &upstream.shards {
-        for batch in curate_io::stream_columns(&upstream.shard_path(rec), table, &["key", "score"], 8192)? {
+        for batch in
+            curate_io::stream_columns(&upstream.shard_path(rec), table, &["key", "score"], 8192)?
+        {
             let batch = batch?;
             let k = batch.column(0).as_string::<i32>();
             let s = batch.column(1).as_primitive::<Float32Type>();
@@ -268,20 +295,23 @@ fn read_scores(dir: &Path, keys: &[String]) -> anyhow::Result<Vec<f32>> {
             }
         }
     }
-    Ok(keys.iter().map(|k| by_key.get(k).copied().unwrap_or(f32::NAN)).collect())
+    Ok(keys
+        .iter()
+        .map(|k| by_key.get(k).copied().unwrap_or(f32::NAN))
+        .collect())
 }
 
 fn write_vectors(path: &Path, x: &Matrix) -> anyhow::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| tmp.display().to_string())?);
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(&tmp).with_context(|| tmp.display().to_string())?,
+        );
         for v in &x.data {
             f.write_all(&v.to_le_bytes())?;
         }
-        f.into_inner()
-            .map_err(|e| e.into_error())?
-            .sync_all()?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
     Ok(())
@@ -289,10 +319,15 @@ fn write_vectors(path: &Path, x: &Matrix) -> anyhow::Result<()> {
 
 /// Keys and scores always; the vectors when `full` (else an empty matrix).
 fn load_points(state: &State, full: bool) -> anyhow::Result<Points> {
-    let info: StateInfo = state
-        .read(&state.dir.join("info.json"))?
-        .with_context(|| format!("{}: no info.json; run `curate dedup plan` first", state.dir.display()))?;
-    let keys: Vec<String> = state.read(&state.dir.join("keys.json"))?.context("state/keys.json missing")?;
+    let info: StateInfo = state.read(&state.dir.join("info.json"))?.with_context(|| {
+        format!(
+            "{}: no info.json; run `curate dedup plan` first",
+            state.dir.display()
+        )
+    })?;
+    let keys: Vec<String> = state
+        .read(&state.dir.join("keys.json"))?
+        .context("state/keys.json missing")?;
     let scores: Option<Vec<f32>> = state.read(&state.dir.join("scores.json"))?;
     let x = if full {
         let bytes = std::fs::read(state.dir.join("vectors.f32")).context("state/vectors.f32")?;
@@ -316,7 +351,10 @@ fn read_rows(state: &State, dim: usize, members: &[u32]) -> anyhow::Result<Matri
     for &m in members {
         f.read_exact_at(&mut buf, m as u64 * dim as u64 * 4)
             .with_context(|| format!("{}: row {m}", path.display()))?;
-        data.extend(buf.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))));
+        data.extend(
+            buf.chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
+        );
     }
     Ok(Matrix::new(members.len(), dim, data)?)
 }
@@ -326,14 +364,35 @@ struct Reporter {
 }
 
 impl driver::Observer for Reporter {
+    fn part_start(&mut self, round: u32, part: u32) {
+        // Test hook: CURATE_TEST_DEDUP_STALL=R:P blocks before round R's partition P.
+        if std::env::var("CURATE_TEST_DEDUP_STALL").ok() == Some(format!("{round}:{part}")) {
+            self.progress.event(&format!(
+                "dedup: stalling before round {round} partition {part} (CURATE_TEST_DEDUP_STALL)"
+            ));
+            super::shared::stall(0);
+        }
+    }
     fn part_done(&mut self, round: u32, part: u32, parts: usize, reused: bool) {
         if reused {
-            self.progress.event(&format!("dedup: round {round} partition {part}/{parts} already done"));
+            self.progress.event(&format!(
+                "dedup: round {round} partition {part}/{parts} already done"
+            ));
         }
         self.progress.inc(1);
     }
     fn round_done(&mut self, s: &RoundSummary) {
         self.progress.event(&round_line(s));
+    }
+    fn waiting(&mut self, round: u32, missing: &[u32], waited: std::time::Duration) {
+        if waited.as_secs() % 60 == 0 {
+            let list: Vec<String> = missing.iter().take(10).map(u32::to_string).collect();
+            self.progress.event(&format!(
+                "dedup: round {round}: waiting for partitions {} of the other tasks ({} s)",
+                list.join(", "),
+                waited.as_secs()
+            ));
+        }
     }
 }
 
@@ -354,7 +413,13 @@ fn round_line(s: &RoundSummary) -> String {
     )
 }
 
-fn run_local(input: &Path, output: &Path, args: &DedupSettingsArgs, overwrite: bool) -> anyhow::Result<StageSummary> {
+fn run_local(
+    input: &Path,
+    output: &Path,
+    args: &DedupSettingsArgs,
+    overwrite: bool,
+    split: &ShardSplit,
+) -> anyhow::Result<StageSummary> {
     let t = Instant::now();
     let (mut stage, _) = open_stage(input, output, args, overwrite)?;
     if let ShardState::Complete(rec) = stage.shard_state(0, verify_clusters)? {
@@ -372,23 +437,51 @@ fn run_local(input: &Path, output: &Path, args: &DedupSettingsArgs, overwrite: b
     let mut reporter = Reporter {
         progress: Progress::new("dedup partitions", 0),
     };
-    let (outcome, history) = driver::run_all(&points, &settings, &state, &mut reporter)?;
+    let share = driver::Share {
+        index: split.index,
+        count: split.count,
+        poll: std::time::Duration::from_secs(2),
+    };
+    let (outcome, history) = driver::run_shared(&points, &settings, &state, &mut reporter, share)?;
     reporter.progress.finish();
+    if split.index != 0 {
+        tracing::info!(
+            "dedup: task {} of {} done; task 0 writes the tables",
+            split.index,
+            split.count
+        );
+        return Ok(StageSummary::default());
+    }
     finalize(&mut stage, &points, &settings, &outcome, &history, t)
 }
 
-fn partition_step(dir: &Path, round: u32, only: Option<u32>, split: &ShardSplit) -> anyhow::Result<StageSummary> {
+fn partition_step(
+    dir: &Path,
+    round: u32,
+    only: Option<u32>,
+    split: &ShardSplit,
+) -> anyhow::Result<StageSummary> {
     let state = State::new(&dir.join("state"))?;
-    let info: StateInfo = state
-        .read(&state.dir.join("info.json"))?
-        .with_context(|| format!("{}: not planned; run `curate dedup plan` first", dir.display()))?;
-    let plan: Plan = state
-        .read(&state.plan_path(round))?
-        .with_context(|| format!("{}: round {round} is not planned yet (merge round {} first)", dir.display(), round.saturating_sub(1)))?;
+    let info: StateInfo = state.read(&state.dir.join("info.json"))?.with_context(|| {
+        format!(
+            "{}: not planned; run `curate dedup plan` first",
+            dir.display()
+        )
+    })?;
+    let plan: Plan = state.read(&state.plan_path(round))?.with_context(|| {
+        format!(
+            "{}: round {round} is not planned yet (merge round {} first)",
+            dir.display(),
+            round.saturating_sub(1)
+        )
+    })?;
     let points = load_points(&state, false)?;
     let parts: Vec<u32> = match only {
         Some(p) if (p as usize) < plan.parts.len() => vec![p],
-        Some(p) => bail!("round {round} has {} partitions, no part {p}", plan.parts.len()),
+        Some(p) => bail!(
+            "round {round} has {} partitions, no part {p}",
+            plan.parts.len()
+        ),
         None => split.owned(plan.parts.len() as u32).collect(),
     };
     for p in parts {
@@ -418,9 +511,12 @@ fn partition_step(dir: &Path, round: u32, only: Option<u32>, split: &ShardSplit)
 fn merge_step(dir: &Path, round: u32) -> anyhow::Result<StageSummary> {
     let t = Instant::now();
     let state = State::new(&dir.join("state"))?;
-    let info: StateInfo = state
-        .read(&state.dir.join("info.json"))?
-        .with_context(|| format!("{}: not planned; run `curate dedup plan` first", dir.display()))?;
+    let info: StateInfo = state.read(&state.dir.join("info.json"))?.with_context(|| {
+        format!(
+            "{}: not planned; run `curate dedup plan` first",
+            dir.display()
+        )
+    })?;
     let settings = info.settings.clone();
     let mut outcome = Outcome {
         rounds: Vec::new(),
@@ -474,7 +570,13 @@ fn merge_step(dir: &Path, round: u32) -> anyhow::Result<StageSummary> {
         finalize(&mut stage, &points, &settings, &outcome, &history, t)
     } else {
         let next = driver::plan_round(&points, &settings, round + 1, &survivors);
-        println!("round {}: {} partitions; run `curate dedup partition {} --round {}`", round + 1, next.parts.len(), dir.display(), round + 1);
+        println!(
+            "round {}: {} partitions; run `curate dedup partition {} --round {}`",
+            round + 1,
+            next.parts.len(),
+            dir.display(),
+            round + 1
+        );
         state.write(&state.plan_path(round + 1), &next)?;
         Ok(StageSummary::default())
     }
@@ -495,7 +597,10 @@ fn finalize(
         ("min_samples", settings.min_samples.to_string()),
         ("keep", settings.keep.as_str().to_string()),
         ("seed", settings.seed.to_string()),
-        ("partition", format!("{:?}", settings.partition).to_lowercase()),
+        (
+            "partition",
+            format!("{:?}", settings.partition).to_lowercase(),
+        ),
         ("partition_size", settings.partition_size.to_string()),
         ("rounds", outcome.rounds.len().to_string()),
         ("converged", outcome.converged.to_string()),
@@ -516,13 +621,23 @@ fn finalize(
     let keep_batch = RecordBatch::try_new(
         curate_io::default_schema(keep_table)?,
         vec![
-            Arc::new(StringArray::from_iter_values(kept.iter().map(|r| points.keys[r.index as usize].as_str()))) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(
+                kept.iter().map(|r| points.keys[r.index as usize].as_str()),
+            )) as ArrayRef,
             Arc::new(kept.iter().map(|r| r.cluster_id).collect::<Int64Array>()),
             Arc::new(kept.iter().map(|r| r.cluster_size).collect::<UInt32Array>()),
         ],
     )?;
-    curate_io::write_table(keep_table, &stage.dir().join(KEEP_FILE), &[keep_batch], curate_io::default_schema(keep_table)?)?;
-    let clusters = rows.iter().filter(|r| r.kept && r.cluster_id.is_some()).count();
+    curate_io::write_table(
+        keep_table,
+        &stage.dir().join(KEEP_FILE),
+        &[keep_batch],
+        curate_io::default_schema(keep_table)?,
+    )?;
+    let clusters = rows
+        .iter()
+        .filter(|r| r.kept && r.cluster_id.is_some())
+        .count();
     let chained = rows
         .iter()
         .filter(|r| r.kept && r.cluster_id.is_some() && r.cluster_min_cosine < settings.eps)
@@ -566,24 +681,55 @@ fn finalize(
     Ok(out)
 }
 
-fn clusters_batch(rows: &[ClusterRow], points: &Points, schema: arrow_schema::SchemaRef) -> anyhow::Result<RecordBatch> {
+fn clusters_batch(
+    rows: &[ClusterRow],
+    points: &Points,
+    schema: arrow_schema::SchemaRef,
+) -> anyhow::Result<RecordBatch> {
     let key = |i: u32| points.keys[i as usize].as_str();
     let single = |r: &ClusterRow| r.cluster_size == 1;
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| key(r.index)))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| key(r.index)),
+        )),
         Arc::new(rows.iter().map(|r| r.cluster_id).collect::<Int64Array>()),
         Arc::new(rows.iter().map(|r| r.round).collect::<UInt32Array>()),
         Arc::new(rows.iter().map(|r| r.partition).collect::<UInt32Array>()),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.role.as_str()))),
-        Arc::new(rows.iter().map(|r| r.merged_into.map(key)).collect::<StringArray>()),
-        Arc::new(rows.iter().map(|r| (!single(r)).then(|| key(r.representative))).collect::<StringArray>()),
-        Arc::new(rows.iter().map(|r| (!single(r)).then_some(r.cosine_to_representative)).collect::<Float32Array>()),
-        Arc::new(rows.iter().map(|r| r.nearest.map(|(j, _)| key(j))).collect::<StringArray>()),
-        Arc::new(rows.iter().map(|r| r.nearest.map(|(_, s)| s)).collect::<Float32Array>()),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.role.as_str()),
+        )),
+        Arc::new(
+            rows.iter()
+                .map(|r| r.merged_into.map(key))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            rows.iter()
+                .map(|r| (!single(r)).then(|| key(r.representative)))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            rows.iter()
+                .map(|r| (!single(r)).then_some(r.cosine_to_representative))
+                .collect::<Float32Array>(),
+        ),
+        Arc::new(
+            rows.iter()
+                .map(|r| r.nearest.map(|(j, _)| key(j)))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            rows.iter()
+                .map(|r| r.nearest.map(|(_, s)| s))
+                .collect::<Float32Array>(),
+        ),
         Arc::new(rows.iter().map(|r| r.cluster_size).collect::<UInt32Array>()),
-        Arc::new(rows.iter().map(|r| (!single(r)).then_some(r.cluster_min_cosine)).collect::<Float32Array>()),
+        Arc::new(
+            rows.iter()
+                .map(|r| (!single(r)).then_some(r.cluster_min_cosine))
+                .collect::<Float32Array>(),
+        ),
         Arc::new(rows.iter().map(|r| Some(r.kept)).collect::<BooleanArray>()),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
 }
-

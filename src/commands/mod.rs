@@ -6,8 +6,9 @@ mod doctor;
 pub mod embed;
 pub mod fetch;
 pub mod ingest;
-pub mod run;
 pub mod pixels;
+pub mod run;
+pub mod score;
 mod setup;
 pub mod shared;
 pub mod slurm;
@@ -37,6 +38,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Fetch(args) => fetch::run(&args).map(|_| ()),
         Command::Embed(args) => embed::run(&args).map(|_| ()),
         Command::Dedup(args) => dedup::run(&args).map(|_| ()),
+        Command::Score(args) => score::run(&args).map(|_| ()),
         Command::Run(args) => run::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Doctor(args) => doctor::run(&args),

@@ -72,7 +72,11 @@ pub fn for_each_batch(
                         .into_par_iter()
                         .map(|i| {
                             if status.value(i) != "ok" || bytes.is_null(i) {
-                                let why = if reason.is_null(i) { "unknown" } else { reason.value(i) };
+                                let why = if reason.is_null(i) {
+                                    "unknown"
+                                } else {
+                                    reason.value(i)
+                                };
                                 return Err((
                                     "source_error".to_string(),
                                     format!("the image record failed upstream ({why})"),
@@ -140,4 +144,147 @@ fn prepare(
         Ok(r) => r,
         Err(_) => Err(("undecodable".into(), "the decoder panicked".into())),
     }
+}
+
+/// Runs the model on a prepared batch. A batch that fails is retried one
+/// image at a time so a single bad sample is recorded and the rest go on;
+/// when every image fails on its own too, the model (not the data) is
+/// broken and the error stops the stage.
+pub fn run_isolating(
+    model: &mut curate_onnx::vision::ImageModel,
+    batch: &Prepared,
+) -> anyhow::Result<Vec<Result<Vec<f32>, String>>> {
+    let n = batch.ok.len();
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let (h, w) = (batch.height, batch.width);
+    match model.run(n, h, w, batch.pixels.clone()) {
+        Ok(rows) => Ok(rows.into_iter().map(Ok).collect()),
+        Err(e) if n == 1 => Err(e).context("the model failed on a batch of one image"),
+        Err(batch_err) => {
+            let plane = 3 * (h * w) as usize;
+            let mut out = Vec::with_capacity(n);
+            for i in 0..n {
+                let px = batch.pixels[i * plane..(i + 1) * plane].to_vec();
+                out.push(
+                    model
+                        .run(1, h, w, px)
+                        .map(|mut r| r.remove(0))
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            if out.iter().all(Result::is_err) {
+                return Err(batch_err)
+                    .context("the model failed on every image of a batch, one by one too");
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Per input row: the model's output, or (reason, message).
+pub type RowOutcome = Result<Vec<f32>, (String, String)>;
+
+/// Model outputs put back in input-row order, failures included.
+pub fn outcomes(batch: &Prepared, outputs: Vec<Result<Vec<f32>, String>>) -> Vec<RowOutcome> {
+    let mut rows: Vec<RowOutcome> = batch
+        .failed
+        .iter()
+        .map(|f| match f {
+            Some((reason, error)) => Err((reason.clone(), error.clone())),
+            None => Ok(Vec::new()),
+        })
+        .collect();
+    for (&i, out) in batch.ok.iter().zip(outputs) {
+        rows[i] = out.map_err(|e| ("inference".to_string(), e));
+    }
+    rows
+}
+
+/// An image-model stage over an image stage: for every owned shard, stream
+/// its images through the pixel pipeline and the model, and write one row
+/// per image with `to_batch(keys, outcomes)` (the batch and its failure reasons).
+#[allow(clippy::too_many_arguments)]
+pub fn run_image_stage(
+    name: &str,
+    upstream: &super::shared::Upstream,
+    stage: &curate_core::stage::StageDir,
+    split: &curate_core::split::ShardSplit,
+    job: &PixelJob,
+    pool: &rayon::ThreadPool,
+    model: &mut curate_onnx::vision::ImageModel,
+    table: &'static curate_core::schema::TableSchema,
+    schema: arrow_schema::SchemaRef,
+    mut to_batch: impl FnMut(&[String], &[RowOutcome]) -> anyhow::Result<arrow_array::RecordBatch>,
+) -> anyhow::Result<super::StageSummary> {
+    let owned_rows: u64 = split
+        .owned(stage.num_shards())
+        .map(|s| upstream.shards[s as usize].records)
+        .sum();
+    let mut progress = crate::progress::Progress::new(name, owned_rows);
+    let mut hook = super::shared::StallHook::from_env();
+    let summary = super::shared::each_owned_shard(
+        name,
+        stage,
+        upstream,
+        split,
+        table,
+        &mut progress,
+        |shard, input, progress| {
+            let mut out = super::shared::TableShard::begin(
+                stage,
+                shard,
+                table,
+                schema.clone(),
+                job.batch_size,
+            )?;
+            for_each_batch(&upstream.shard_path(input), job, pool, |batch| {
+                let outputs = run_isolating(model, &batch)?;
+                let rows = outcomes(&batch, outputs);
+                let record_batch = to_batch(&batch.keys, &rows)?;
+                out.write(
+                    &record_batch,
+                    rows.iter()
+                        .filter_map(|r| r.as_ref().err().map(|e| e.0.as_str())),
+                )?;
+                progress.inc(rows.len() as u64);
+                hook.wrote(rows.len());
+                Ok(())
+            })?;
+            out.commit(vec![input.file.clone()], 0.0)
+        },
+    )?;
+    progress.finish();
+    super::shared::stage_done_line(name, &summary, hook.rows, progress.elapsed().as_secs_f64());
+    Ok(summary)
+}
+
+/// The `status`, `reason` and `error` columns every per-image table starts with.
+pub fn status_columns(
+    rows: &[RowOutcome],
+) -> (
+    arrow_array::ArrayRef,
+    arrow_array::ArrayRef,
+    arrow_array::ArrayRef,
+) {
+    use arrow_array::StringArray;
+    use std::sync::Arc;
+    (
+        Arc::new(
+            rows.iter()
+                .map(|r| Some(if r.is_ok() { "ok" } else { "error" }))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            rows.iter()
+                .map(|r| r.as_ref().err().map(|e| e.0.as_str()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            rows.iter()
+                .map(|r| r.as_ref().err().map(|e| e.1.as_str()))
+                .collect::<StringArray>(),
+        ),
+    )
 }

@@ -176,7 +176,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         if slurm {
             if !matches!(
                 cli.command,
-                Command::Ingest(_) | Command::Fetch(_) | Command::Embed(_)
+                Command::Ingest(_)
+                    | Command::Fetch(_)
+                    | Command::Embed(_)
+                    | Command::Dedup(_)
+                    | Command::Score(_)
             ) {
                 bail!("stage `{name}`: `{}` is not a pipeline stage", stage.run);
             }
@@ -202,6 +206,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             Command::Fetch(a) => super::fetch::run(a),
             Command::Embed(a) => super::embed::run(a),
             Command::Dedup(a) => super::dedup::run(a),
+            Command::Score(a) => super::score::run(a),
             _ => bail!("stage `{name}`: `{}` is not a pipeline stage", stage.run),
         }
         .with_context(|| format!("stage `{name}` ({})", stage.run))?;

@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::Context;
 use arrow_array::{Array, RecordBatch, StringArray};
 use arrow_schema::SchemaRef;
-use curate_core::schema::TableSchema;
 use curate_core::record::ImageRecord;
+use curate_core::schema::TableSchema;
 use curate_core::stage::{ShardRecord, StageDir};
 use curate_io::{images, ShardOptions, ShardWriter};
 
@@ -212,7 +212,11 @@ impl Upstream {
                 journal.len(),
                 manifest.num_shards,
                 missing.join(", "),
-                if manifest.num_shards as usize - journal.len() > 10 { ", …" } else { "" },
+                if manifest.num_shards as usize - journal.len() > 10 {
+                    ", …"
+                } else {
+                    ""
+                },
                 manifest.stage
             );
         }
@@ -395,9 +399,78 @@ fn test_stall_after_rows() -> Option<u64> {
         .ok()
 }
 
-fn stall(rows: u64) -> ! {
+pub fn stall(rows: u64) -> ! {
     eprintln!("curate: test hook: stalled after {rows} rows");
     loop {
         std::thread::park();
     }
+}
+
+/// The shard loop of a stage that reads an upstream stage shard for shard:
+/// complete shards are skipped (and counted), damaged or partial ones
+/// redone by `work`, which returns the committed journal record.
+pub fn each_owned_shard(
+    name: &str,
+    stage: &StageDir,
+    upstream: &Upstream,
+    split: &curate_core::split::ShardSplit,
+    table: &'static TableSchema,
+    progress: &mut crate::progress::Progress,
+    mut work: impl FnMut(
+        u32,
+        &ShardRecord,
+        &mut crate::progress::Progress,
+    ) -> anyhow::Result<ShardRecord>,
+) -> anyhow::Result<StageSummary> {
+    let mut summary = StageSummary {
+        shards_total: stage.num_shards(),
+        ..Default::default()
+    };
+    let verify = |path: &Path, rec: &ShardRecord| {
+        curate_io::verify_shard(path, table, Some(rec.records))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    for shard in split.owned(stage.num_shards()) {
+        let input = &upstream.shards[shard as usize];
+        match stage.shard_state(shard, verify)? {
+            curate_core::stage::ShardState::Complete(rec) => {
+                summary.add(&rec, false);
+                progress.inc(rec.records);
+                continue;
+            }
+            curate_core::stage::ShardState::Corrupt(why) => {
+                tracing::warn!("{name}: shard {shard} is damaged ({why}); redoing it")
+            }
+            curate_core::stage::ShardState::Missing => {}
+        }
+        let rec = work(shard, input, progress).with_context(|| {
+            format!(
+                "{name}: shard {shard} ({})",
+                upstream.shard_path(input).display()
+            )
+        })?;
+        progress.event(&shard_done(name, "images", &rec));
+        summary.add(&rec, true);
+    }
+    Ok(summary)
+}
+
+/// The closing line of a stage: shards, images/s, failures by reason, peak RSS.
+pub fn stage_done_line(name: &str, summary: &StageSummary, rows_done: u64, elapsed_s: f64) {
+    let reasons = summary
+        .reasons
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    tracing::info!(
+        "{name}: {} shards written, {} skipped; {rows_done} images in {elapsed_s:.2} s ({:.1} images/s), {} failed{}, peak RSS {:.1} MiB",
+        summary.shards_written,
+        summary.shards_skipped,
+        rows_done as f64 / elapsed_s.max(1e-9),
+        summary.failures,
+        if reasons.is_empty() { String::new() } else { format!(" ({reasons})") },
+        crate::progress::peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
+    );
 }

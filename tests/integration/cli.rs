@@ -37,9 +37,7 @@ fn usage_errors_exit_2_and_help_exits_0() {
 #[test]
 fn unbuilt_stages_say_so_and_fail() {
     for (stage, issue) in [
-        ("dedup", 5),
         ("caption", 7),
-        ("score", 8),
         ("encode-latents", 9),
         ("train", 10),
         ("sample", 10),
@@ -144,7 +142,7 @@ fn run_executes_the_demo_pipeline_then_skips_it() {
     let local = read_images(&work.join("local"));
     assert_eq!(local.len(), image_files(&fixtures_images()).len());
     assert!(
-        r.stderr.contains("[1/2] images") && r.stderr.contains("[2/2] local"),
+        r.stderr.contains("[1/5] images") && r.stderr.contains("[2/5] local"),
         "{}",
         r.stderr
     );
@@ -157,11 +155,24 @@ fn run_executes_the_demo_pipeline_then_skips_it() {
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(
         again.stderr.matches("already complete (").count(),
-        2,
+        5,
         "{}",
         again.stderr
     );
     assert_eq!(read_images(&work.join("local")), local);
+    // embed, dedup and score ran on the fetched images.
+    let embedded = crate::embed::read_embeddings(&work.join("embed"));
+    assert_eq!(embedded.len(), fetched.len());
+    assert_eq!(embedded.iter().filter(|e| e.status == "ok").count(), ok);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.join("dedup/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["images_in"], ok as u64);
+    assert!(
+        summary["removed"].as_u64().unwrap() > 0,
+        "the fixtures repeat photos at several sizes"
+    );
+    assert!(work.join("score/part-00000.parquet").exists());
     assert_eq!(read_images(&work.join("images")).len(), fetched.len());
 
     let status = run(curate().arg("status").arg(&work));

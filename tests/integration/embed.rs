@@ -133,10 +133,25 @@ fn by_path(images: &Path, emb: &Path) -> BTreeMap<String, Vec<f32>> {
 fn embeddings_match_transformers_on_every_photo() {
     let tmp = tempfile::tempdir().unwrap();
     let images = tmp.path().join("images");
-    ingest(&repo().join("fixtures/images/photos"), &images, &["--shard-size", "8"]);
+    ingest(
+        &repo().join("fixtures/images/photos"),
+        &images,
+        &["--shard-size", "8"],
+    );
     let emb = tmp.path().join("emb");
     // Batches of 5 over shards of 8: full and partial batches both run.
-    let r = embed(&images, &emb, &["--dtype", "f32", "--batch-size", "5", "--decode-scale", "full"]);
+    let r = embed(
+        &images,
+        &emb,
+        &[
+            "--dtype",
+            "f32",
+            "--batch-size",
+            "5",
+            "--decode-scale",
+            "full",
+        ],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let ours = by_path(&images, &emb);
     let reference = reference();
@@ -145,10 +160,16 @@ fn embeddings_match_transformers_on_every_photo() {
     for (path, want) in &reference {
         let got = &ours[path];
         let norm = got.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-5, "{path}: stored embedding has norm {norm}");
+        assert!(
+            (norm - 1.0).abs() < 1e-5,
+            "{path}: stored embedding has norm {norm}"
+        );
         let c = cosine(got, want);
         worst = worst.min(c);
-        assert!(c >= 0.999, "{path}: cosine {c} to the transformers embedding");
+        assert!(
+            c >= 0.999,
+            "{path}: cosine {c} to the transformers embedding"
+        );
     }
     eprintln!("lowest cosine to the transformers reference: {worst:.6}");
     // The shards are aligned 1:1 with the image shards.
@@ -173,7 +194,14 @@ fn open_clip_style_export_with_its_tensor_names_gives_the_same_embeddings() {
         .arg(&b)
         .arg("--model")
         .arg(clip().join("openclip/visual.onnx"))
-        .args(["--input-name", "image", "--output-name", "embedding", "--dtype", "f32"]));
+        .args([
+            "--input-name",
+            "image",
+            "--output-name",
+            "embedding",
+            "--dtype",
+            "f32",
+        ]));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let (a, b) = (read_embeddings(&a), read_embeddings(&b));
     assert_eq!(a.len(), 7);
@@ -205,7 +233,11 @@ fn f16_storage_stays_within_half_precision_of_f32() {
 fn failed_images_are_rows_with_reasons_and_the_rest_is_embedded() {
     let tmp = tempfile::tempdir().unwrap();
     let images = tmp.path().join("images");
-    ingest(&repo().join("fixtures/images"), &images, &["--shard-size", "6"]);
+    ingest(
+        &repo().join("fixtures/images"),
+        &images,
+        &["--shard-size", "6"],
+    );
     let emb = tmp.path().join("emb");
     let r = embed(&images, &emb, &["--batch-size", "4"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -233,7 +265,11 @@ fn wrong_tensor_names_list_what_the_model_has() {
     let tmp = tempfile::tempdir().unwrap();
     let images = tmp.path().join("images");
     ingest(&repo().join("fixtures/images/photos/more"), &images, &[]);
-    let r = embed(&images, &tmp.path().join("e"), &["--output-name", "pooler_output"]);
+    let r = embed(
+        &images,
+        &tmp.path().join("e"),
+        &["--output-name", "pooler_output"],
+    );
     assert_eq!(r.code, 1);
     assert!(
         r.stderr.contains("expected output `pooler_output`")
@@ -293,7 +329,11 @@ fn cuda_without_a_cuda_runtime_fails_instead_of_falling_back() {
 fn killed_embed_resumes_and_matches_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let images = tmp.path().join("images");
-    ingest(&repo().join("fixtures/images/photos"), &images, &["--shard-size", "4"]);
+    ingest(
+        &repo().join("fixtures/images/photos"),
+        &images,
+        &["--shard-size", "4"],
+    );
     let whole = tmp.path().join("whole");
     assert_eq!(embed(&images, &whole, &["--dtype", "f32"]).code, 0);
 

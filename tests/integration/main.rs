@@ -2,8 +2,10 @@
 
 mod cli;
 mod common;
+mod dedup;
 mod embed;
 mod fetch;
 mod ingest;
 mod resume;
+mod score;
 mod slurm;

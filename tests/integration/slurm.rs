@@ -106,6 +106,30 @@ fn demo_pipeline_on_slurm_equals_the_local_run() {
             .count();
         assert_eq!(logs, 2, "one log per array task of {stage}");
     }
+    // embed (2 tasks, one shard each in turn), dedup (2 tasks sharing every
+    // round's partitions, task 0 writing the tables) and score match too.
+    let (a, b) = (
+        crate::embed::read_embeddings(&cluster_dir.join("embed")),
+        crate::embed::read_embeddings(&local.join("embed")),
+    );
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((&x.key, &x.embedding), (&y.key, &y.embedding));
+    }
+    assert_eq!(
+        crate::dedup::read_clusters(&cluster_dir.join("dedup")).rows,
+        crate::dedup::read_clusters(&local.join("dedup")).rows
+    );
+    let scores = |d: &std::path::Path| -> Vec<(String, Option<f32>)> {
+        crate::score::read_scores(d)
+            .into_iter()
+            .map(|r| (r.key, r.score))
+            .collect()
+    };
+    assert_eq!(
+        scores(&cluster_dir.join("score")),
+        scores(&local.join("score"))
+    );
 }
 
 #[test]

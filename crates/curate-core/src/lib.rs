@@ -10,6 +10,7 @@
 //!   defaulting from the Slurm array variables).
 //! * [`record`]: record types shared by stages and the stable record key.
 
+pub mod bands;
 pub mod error;
 pub mod hash;
 pub mod record;

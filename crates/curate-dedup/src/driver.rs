@@ -124,8 +124,21 @@ pub struct RoundSummary {
 }
 
 /// Clusters one partition.
-pub fn run_part(points: &Points, settings: &Settings, round: u32, part: u32, members: &[u32]) -> PartResult {
-    run_part_rows(&points.x.gather(members), points, settings, round, part, members)
+pub fn run_part(
+    points: &Points,
+    settings: &Settings,
+    round: u32,
+    part: u32,
+    members: &[u32],
+) -> PartResult {
+    run_part_rows(
+        &points.x.gather(members),
+        points,
+        settings,
+        round,
+        part,
+        members,
+    )
 }
 
 /// [`run_part`] with the members' rows given (`sub`, in `members` order): a
@@ -194,7 +207,11 @@ pub fn run_part_rows(
             .iter()
             .map(|n| n.map_or(-1, |(j, _)| members[j as usize] as i64))
             .collect(),
-        nearest_cos: g.nearest.iter().map(|n| n.map_or(f32::NAN, |(_, s)| s)).collect(),
+        nearest_cos: g
+            .nearest
+            .iter()
+            .map(|n| n.map_or(f32::NAN, |(_, s)| s))
+            .collect(),
         clusters: c.clusters,
         pairs: g.pairs(),
         seconds,
@@ -232,7 +249,13 @@ pub fn plan_round(points: &Points, settings: &Settings, round: u32, alive: &[u32
     let seed = settings.seed ^ (round as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     Plan {
         round,
-        parts: partition::split(settings.partition, &points.x, alive, settings.partition_size, seed),
+        parts: partition::split(
+            settings.partition,
+            &points.x,
+            alive,
+            settings.partition_size,
+            seed,
+        ),
     }
 }
 
@@ -317,7 +340,7 @@ pub fn finish(points: &Points, rounds: &[Vec<PartResult>]) -> Vec<ClusterRow> {
     }
     // Final representative: follow merged_into to a kept point.
     let mut rep: Vec<u32> = (0..n as u32).collect();
-    for i in 0..n {
+    for (i, slot) in rep.iter_mut().enumerate() {
         let mut j = i;
         let mut hops = 0;
         while let Some(s) = &last[j] {
@@ -327,7 +350,7 @@ pub fn finish(points: &Points, rounds: &[Vec<PartResult>]) -> Vec<ClusterRow> {
             j = s.merged_into as usize;
             hops += 1;
         }
-        rep[i] = j as u32;
+        *slot = j as u32;
     }
     let mut size: HashMap<u32, u32> = HashMap::new();
     for &r in &rep {
@@ -342,9 +365,17 @@ pub fn finish(points: &Points, rounds: &[Vec<PartResult>]) -> Vec<ClusterRow> {
         *e = e.min(cos[i]);
     }
     // Cluster ids in order of the representative's index, for clusters of two or more.
-    let mut reps: Vec<u32> = size.iter().filter(|(_, &s)| s > 1).map(|(&r, _)| r).collect();
+    let mut reps: Vec<u32> = size
+        .iter()
+        .filter(|(_, &s)| s > 1)
+        .map(|(&r, _)| r)
+        .collect();
     reps.sort_unstable();
-    let ids: HashMap<u32, i64> = reps.iter().enumerate().map(|(k, &r)| (r, k as i64)).collect();
+    let ids: HashMap<u32, i64> = reps
+        .iter()
+        .enumerate()
+        .map(|(k, &r)| (r, k as i64))
+        .collect();
     (0..n)
         .filter_map(|i| {
             let s = last[i].as_ref()?;
@@ -446,11 +477,37 @@ pub struct Outcome {
 
 /// What the driver reports as it goes.
 pub trait Observer {
+    /// Called before a partition is computed (not for reused ones).
+    fn part_start(&mut self, _round: u32, _part: u32) {}
     fn part_done(&mut self, _round: u32, _part: u32, _parts: usize, _reused: bool) {}
     fn round_done(&mut self, _summary: &RoundSummary) {}
+    /// Waiting for other processes' partitions.
+    fn waiting(&mut self, _round: u32, _missing: &[u32], _waited: std::time::Duration) {}
 }
 
 impl Observer for () {}
+
+/// Which partitions this process computes: `index` of `count` cooperating
+/// processes (Slurm array tasks) takes the parts p with p mod count = index
+/// and waits for the others' files. Plans and merges are deterministic, so
+/// every process derives the same ones and no process coordinates.
+#[derive(Debug, Clone, Copy)]
+pub struct Share {
+    pub index: u32,
+    pub count: u32,
+    /// How often to look for the other processes' files.
+    pub poll: std::time::Duration,
+}
+
+impl Share {
+    pub fn alone() -> Share {
+        Share {
+            index: 0,
+            count: 1,
+            poll: std::time::Duration::from_secs(1),
+        }
+    }
+}
 
 /// Runs every round in this process, reusing every file already in `state`.
 pub fn run_all(
@@ -459,6 +516,18 @@ pub fn run_all(
     state: &State,
     observer: &mut dyn Observer,
 ) -> Result<(Outcome, Vec<Vec<PartResult>>), DedupError> {
+    run_shared(points, settings, state, observer, Share::alone())
+}
+
+/// [`run_all`] as one of several cooperating processes.
+pub fn run_shared(
+    points: &Points,
+    settings: &Settings,
+    state: &State,
+    observer: &mut dyn Observer,
+    share: Share,
+) -> Result<(Outcome, Vec<Vec<PartResult>>), DedupError> {
+    let count = share.count.max(1);
     let mut alive: Vec<u32> = (0..points.keys.len() as u32).collect();
     let mut outcome = Outcome {
         rounds: Vec::new(),
@@ -474,20 +543,47 @@ pub fn run_all(
                 p
             }
         };
-        let mut results = Vec::with_capacity(plan.parts.len());
+        let mut results: Vec<Option<PartResult>> = vec![None; plan.parts.len()];
         for (i, members) in plan.parts.iter().enumerate() {
+            if i as u32 % count != share.index {
+                continue;
+            }
             let path = state.part_path(round, i as u32);
             let (r, reused) = match state.read::<PartResult>(&path)? {
                 Some(r) if r.members == *members => (r, true),
                 _ => {
+                    observer.part_start(round, i as u32);
                     let r = run_part(points, settings, round, i as u32, members);
                     state.write(&path, &r)?;
                     (r, false)
                 }
             };
             observer.part_done(round, i as u32, plan.parts.len(), reused);
-            results.push(r);
+            results[i] = Some(r);
         }
+        // The other processes' partitions.
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            let mut missing = Vec::new();
+            for (i, slot) in results.iter_mut().enumerate() {
+                if slot.is_none() {
+                    match state.read::<PartResult>(&state.part_path(round, i as u32)) {
+                        Ok(Some(r)) if r.members == plan.parts[i] => *slot = Some(r),
+                        _ => missing.push(i as u32),
+                    }
+                }
+            }
+            if missing.is_empty() {
+                break;
+            }
+            observer.waiting(round, &missing, waited);
+            std::thread::sleep(share.poll);
+            waited += share.poll;
+        }
+        let results: Vec<PartResult> = results
+            .into_iter()
+            .map(|r| r.expect("all present"))
+            .collect();
         let (survivors, summary) = merge_round(&plan, &results);
         state.write(&state.merged_path(round), &summary)?;
         observer.round_done(&summary);

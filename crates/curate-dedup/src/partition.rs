@@ -124,7 +124,10 @@ fn kmeans(x: &Matrix, ids: &[u32], size: usize, seed: u64, iters: usize) -> Vec<
         for (&id, &c) in ids.iter().zip(&assign) {
             counts[c as usize] += 1;
             let row = x.row(id as usize);
-            for (s, v) in sums[c as usize * d..(c as usize + 1) * d].iter_mut().zip(row) {
+            for (s, v) in sums[c as usize * d..(c as usize + 1) * d]
+                .iter_mut()
+                .zip(row)
+            {
                 *s += *v as f64;
             }
         }

@@ -30,7 +30,8 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap())
+            .unwrap();
     j["cases"]
         .as_array()
         .unwrap()
@@ -48,7 +49,12 @@ fn cases() -> Vec<Case> {
                 x: Matrix::new(n, d, data).unwrap(),
                 eps: c["eps"].as_f64().unwrap() as f32,
                 min_samples: c["min_samples"].as_u64().unwrap() as usize,
-                labels: c["labels"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect(),
+                labels: c["labels"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_i64().unwrap())
+                    .collect(),
                 ambiguous: c["ambiguous_border"]
                     .as_array()
                     .unwrap()
@@ -69,21 +75,30 @@ fn same_partition(a: &[i64], b: &[i64], ignore: &[usize]) -> Result<(), String> 
     let mut ba: HashMap<i64, i64> = HashMap::new();
     for i in 0..a.len() {
         if (a[i] < 0) != (b[i] < 0) {
-            return Err(format!("point {i}: noise in one, not the other ({} vs {})", a[i], b[i]));
+            return Err(format!(
+                "point {i}: noise in one, not the other ({} vs {})",
+                a[i], b[i]
+            ));
         }
         if a[i] < 0 || ignore.contains(&i) {
             continue;
         }
         if *ab.entry(a[i]).or_insert(b[i]) != b[i] || *ba.entry(b[i]).or_insert(a[i]) != a[i] {
-            return Err(format!("point {i}: cluster {} vs {}: partitions differ", a[i], b[i]));
+            return Err(format!(
+                "point {i}: cluster {} vs {}: partitions differ",
+                a[i], b[i]
+            ));
         }
     }
     Ok(())
 }
 
 fn linfa_labels(x: &Matrix, eps: f32, min_samples: usize) -> Vec<i64> {
-    let arr = ndarray::Array2::from_shape_vec((x.rows, x.dim), x.data.iter().map(|&v| v as f64).collect())
-        .unwrap();
+    let arr = ndarray::Array2::from_shape_vec(
+        (x.rows, x.dim),
+        x.data.iter().map(|&v| v as f64).collect(),
+    )
+    .unwrap();
     let tol = (2.0 - 2.0 * eps as f64).sqrt();
     let labels = linfa_clustering::Dbscan::params_with(
         min_samples,
@@ -114,13 +129,17 @@ fn clusters_equal_linfa_clustering() {
     for c in cases() {
         let ours = dbscan(&eps_graph(&c.x, c.eps, 1024), c.min_samples);
         let theirs = linfa_labels(&c.x, c.eps, c.min_samples);
-        same_partition(&ours.labels, &theirs, &c.ambiguous).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+        same_partition(&ours.labels, &theirs, &c.ambiguous)
+            .unwrap_or_else(|e| panic!("{}: {e}", c.name));
     }
 }
 
 #[test]
 fn block_size_does_not_change_the_graph() {
-    let c = cases().into_iter().find(|c| c.name.starts_with("chains")).unwrap();
+    let c = cases()
+        .into_iter()
+        .find(|c| c.name.starts_with("chains"))
+        .unwrap();
     let a = eps_graph(&c.x, c.eps, 7);
     let b = eps_graph(&c.x, c.eps, 4096);
     assert_eq!(a.offsets, b.offsets);
@@ -190,7 +209,11 @@ fn random_planted_sets_equal_linfa_for_several_settings() {
             .collect();
         same_partition(&ours.labels, &theirs, &ambiguous)
             .unwrap_or_else(|e| panic!("seed {seed}, eps {eps}, min_samples {min_samples}: {e}"));
-        assert!(ours.clusters > 10, "the planted set has clusters ({})", ours.clusters);
+        assert!(
+            ours.clusters > 10,
+            "the planted set has clusters ({})",
+            ours.clusters
+        );
     }
 }
 
@@ -221,7 +244,8 @@ fn one_partition_equals_plain_dbscan_and_converges() {
     let p = points(x.clone());
     let tmp = std::env::temp_dir().join(format!("dedup-one-{}", std::process::id()));
     let state = State::new(&tmp).unwrap();
-    let (outcome, history) = driver::run_all(&p, &settings(Rule::Random, 10_000), &state, &mut ()).unwrap();
+    let (outcome, history) =
+        driver::run_all(&p, &settings(Rule::Random, 10_000), &state, &mut ()).unwrap();
     std::fs::remove_dir_all(&tmp).unwrap();
     assert!(outcome.converged);
     let direct = dbscan(&eps_graph(&x, 0.9, 256), 2);
@@ -239,7 +263,8 @@ fn partitioned_rounds_converge_to_a_set_without_neighbours() {
     for rule in [Rule::Random, Rule::Kmeans] {
         let (x, planted_pairs) = planted(1200, 32, 11);
         let p = points(x.clone());
-        let tmp = std::env::temp_dir().join(format!("dedup-part-{:?}-{}", rule, std::process::id()));
+        let tmp =
+            std::env::temp_dir().join(format!("dedup-part-{:?}-{}", rule, std::process::id()));
         let state = State::new(&tmp).unwrap();
         let s = settings(rule, 200);
         let (outcome, history) = driver::run_all(&p, &s, &state, &mut ()).unwrap();
@@ -280,7 +305,11 @@ fn representatives_do_not_depend_on_partitioning_and_first_is_lowest() {
     for keep in [Keep::First, Keep::Random] {
         let mut s = settings(Rule::Random, 10_000);
         s.keep = keep;
-        let tmp = std::env::temp_dir().join(format!("dedup-keep-{}-{}", keep.as_str(), std::process::id()));
+        let tmp = std::env::temp_dir().join(format!(
+            "dedup-keep-{}-{}",
+            keep.as_str(),
+            std::process::id()
+        ));
         let state = State::new(&tmp).unwrap();
         let (_, history) = driver::run_all(&p, &s, &state, &mut ()).unwrap();
         std::fs::remove_dir_all(&tmp).unwrap();

@@ -67,7 +67,11 @@ impl ModelFiles {
         let id = near("config.json")
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("_name_or_path").and_then(|n| n.as_str()).map(String::from))
+            .and_then(|v| {
+                v.get("_name_or_path")
+                    .and_then(|n| n.as_str())
+                    .map(String::from)
+            })
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| {
                 let d = dir.canonicalize().unwrap_or(dir.clone());
@@ -195,14 +199,21 @@ impl ImageModel {
                 ))
             }
         };
-        Ok(ImageModel {
+        let mut m = ImageModel {
             model,
             input: input.to_string(),
             output: output.to_string(),
             spec,
             dim,
             files,
-        })
+        };
+        // A dynamic output width: one run on a blank picture tells it.
+        if m.dim.is_none() {
+            if let Some((h, w)) = m.spec.fixed_hw() {
+                m.run(1, h, w, vec![0.0; (3 * h * w) as usize])?;
+            }
+        }
+        Ok(m)
     }
 
     /// Runs a batch of `n` images of `h`×`w` (CHW floats, concatenated); one output row per image.

@@ -120,7 +120,11 @@ fn precompute(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
         for x in 0..count {
             let v = if ww != 0.0 { w[x] / ww } else { w[x] };
             let f = v * (1u32 << PRECISION_BITS) as f64;
-            k[x] = if v < 0.0 { (-0.5 + f) as i32 } else { (0.5 + f) as i32 };
+            k[x] = if v < 0.0 {
+                (-0.5 + f) as i32
+            } else {
+                (0.5 + f) as i32
+            };
         }
         bounds.push((xmin, count));
     }
@@ -165,7 +169,10 @@ pub fn resize_region<const C: usize>(
 ) -> Vec<u8> {
     assert_eq!(src.len(), w * h * C, "source is w·h·C bytes");
     let (left, top, rw, rh) = region;
-    assert!(left + rw <= nw && top + rh <= nh, "region inside the output");
+    assert!(
+        left + rw <= nw && top + rh <= nh,
+        "region inside the output"
+    );
     let need_h = nw != w;
     let need_v = nh != h;
     let vert = precompute(h, nh, filter);

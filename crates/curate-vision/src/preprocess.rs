@@ -108,6 +108,8 @@ pub struct PixelSpec {
 
 /// OpenAI CLIP's constants (`CLIPImageProcessor` defaults).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+// The decimals as CLIPImageProcessor's config writes them (rounded to f32 here).
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
@@ -148,7 +150,10 @@ impl PixelSpec {
     }
 
     /// Reads a Hugging Face `preprocessor_config.json`; keys it lacks keep `defaults`' values.
-    pub fn from_hf_json(json: &serde_json::Value, defaults: PixelSpec) -> Result<Self, ConfigError> {
+    pub fn from_hf_json(
+        json: &serde_json::Value,
+        defaults: PixelSpec,
+    ) -> Result<Self, ConfigError> {
         let err = |key: &str, expected: &str, found: &serde_json::Value| ConfigError {
             key: key.to_string(),
             expected: expected.to_string(),
@@ -157,27 +162,31 @@ impl PixelSpec {
         let flag = |key: &str| -> Result<Option<bool>, ConfigError> {
             match json.get(key) {
                 None | Some(serde_json::Value::Null) => Ok(None),
-                Some(v) => v.as_bool().map(Some).ok_or_else(|| err(key, "true or false", v)),
+                Some(v) => v
+                    .as_bool()
+                    .map(Some)
+                    .ok_or_else(|| err(key, "true or false", v)),
             }
         };
-        let hw = |key: &str, v: &serde_json::Value| -> Result<(Option<u32>, u32, u32), ConfigError> {
-            // (shortest_edge, height, width)
-            if let Some(n) = v.as_u64() {
-                return Ok((None, n as u32, n as u32));
-            }
-            let get = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as u32);
-            if let Some(s) = get("shortest_edge") {
-                return Ok((Some(s), s, s));
-            }
-            match (get("height"), get("width")) {
-                (Some(h), Some(w)) => Ok((None, h, w)),
-                _ => Err(err(
-                    key,
-                    "an integer, {\"shortest_edge\": n} or {\"height\": h, \"width\": w}",
-                    v,
-                )),
-            }
-        };
+        let hw =
+            |key: &str, v: &serde_json::Value| -> Result<(Option<u32>, u32, u32), ConfigError> {
+                // (shortest_edge, height, width)
+                if let Some(n) = v.as_u64() {
+                    return Ok((None, n as u32, n as u32));
+                }
+                let get = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as u32);
+                if let Some(s) = get("shortest_edge") {
+                    return Ok((Some(s), s, s));
+                }
+                match (get("height"), get("width")) {
+                    (Some(h), Some(w)) => Ok((None, h, w)),
+                    _ => Err(err(
+                        key,
+                        "an integer, {\"shortest_edge\": n} or {\"height\": h, \"width\": w}",
+                        v,
+                    )),
+                }
+            };
         let mut spec = defaults;
         if let Some(v) = json.get("size").filter(|v| !v.is_null()) {
             let (short, h, w) = hw("size", v)?;
@@ -205,12 +214,19 @@ impl PixelSpec {
         match flag("do_center_crop")? {
             Some(false) => spec.crop = None,
             Some(true) if spec.crop.is_none() => {
-                return Err(err("do_center_crop", "a crop_size alongside", &json["do_center_crop"]))
+                return Err(err(
+                    "do_center_crop",
+                    "a crop_size alongside",
+                    &json["do_center_crop"],
+                ))
             }
             _ => {}
         }
         if let Some(v) = json.get("rescale_factor").filter(|v| !v.is_null()) {
-            spec.rescale = Some(v.as_f64().ok_or_else(|| err("rescale_factor", "a number", v))?);
+            spec.rescale = Some(
+                v.as_f64()
+                    .ok_or_else(|| err("rescale_factor", "a number", v))?,
+            );
         }
         if flag("do_rescale")? == Some(false) {
             spec.rescale = None;
@@ -219,9 +235,11 @@ impl PixelSpec {
             match json.get(key) {
                 None | Some(serde_json::Value::Null) => Ok(None),
                 Some(v) => {
-                    let list: Option<Vec<f32>> = v
-                        .as_array()
-                        .map(|a| a.iter().filter_map(|x| x.as_f64().map(|f| f as f32)).collect());
+                    let list: Option<Vec<f32>> = v.as_array().map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_f64().map(|f| f as f32))
+                            .collect()
+                    });
                     match list.as_deref() {
                         Some([a, b, c]) => Ok(Some([*a, *b, *c])),
                         Some([a]) => Ok(Some([*a, *a, *a])),
@@ -248,7 +266,10 @@ impl PixelSpec {
     pub fn resized_size(&self, width: u32, height: u32) -> (u32, u32) {
         match self.resize {
             Resize::None => (width, height),
-            Resize::Exact { height: h, width: w } => (w, h),
+            Resize::Exact {
+                height: h,
+                width: w,
+            } => (w, h),
             Resize::ShortestEdge(s) => {
                 // transformers' get_resize_output_image_size(default_to_square=False).
                 let (short, long) = if width <= height {
@@ -292,14 +313,17 @@ impl PixelSpec {
         let (sw, sh) = rgb.dimensions();
         let (rw, rh) = self.resized_size(sw, sh);
         let region = match self.crop {
-            Some((ch, cw)) if cw <= rw && ch <= rh => {
-                ((rw - cw) / 2, (rh - ch) / 2, cw, ch)
-            }
+            Some((ch, cw)) if cw <= rw && ch <= rh => ((rw - cw) / 2, (rh - ch) / 2, cw, ch),
             Some(_) => (0, 0, rw, rh), // padded below
             None => (0, 0, rw, rh),
         };
         let (w, h, nw, nh) = (sw as usize, sh as usize, rw as usize, rh as usize);
-        let region_us = (region.0 as usize, region.1 as usize, region.2 as usize, region.3 as usize);
+        let region_us = (
+            region.0 as usize,
+            region.1 as usize,
+            region.2 as usize,
+            region.3 as usize,
+        );
         let data = if (rw, rh) == (sw, sh) {
             pillow::resize_region::<3>(rgb.as_raw(), w, h, nw, nh, region_us, Filter::Box)
         } else {
@@ -479,7 +503,10 @@ fn load_jpeg(
                 }
             });
         }
-        None => (decode_jpeg_decoder(bytes, limits, reduction)?, "jpeg-decoder"),
+        None => (
+            decode_jpeg_decoder(bytes, limits, reduction)?,
+            "jpeg-decoder",
+        ),
     };
     if crate::jpeg_is_truncated(bytes) {
         return Err(DecodeError::Truncated {
@@ -528,8 +555,12 @@ fn decode_jpeg_decoder(
     let pixels = d.decode().map_err(undecodable)?;
     let (dw, dh) = (dw as u32, dh as u32);
     Ok(match info.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => RgbImage::from_raw(dw, dh, pixels).map(DynamicImage::ImageRgb8),
-        jpeg_decoder::PixelFormat::L8 => image::GrayImage::from_raw(dw, dh, pixels).map(DynamicImage::ImageLuma8),
+        jpeg_decoder::PixelFormat::RGB24 => {
+            RgbImage::from_raw(dw, dh, pixels).map(DynamicImage::ImageRgb8)
+        }
+        jpeg_decoder::PixelFormat::L8 => {
+            image::GrayImage::from_raw(dw, dh, pixels).map(DynamicImage::ImageLuma8)
+        }
         _ => None,
     })
 }

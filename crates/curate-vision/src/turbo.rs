@@ -16,8 +16,26 @@ type Handle = *mut c_void;
 struct Api {
     _lib: libloading::Library,
     init: unsafe extern "C" fn() -> Handle,
-    header: unsafe extern "C" fn(Handle, *const c_uchar, c_ulong, *mut c_int, *mut c_int, *mut c_int, *mut c_int) -> c_int,
-    decompress: unsafe extern "C" fn(Handle, *const c_uchar, c_ulong, *mut c_uchar, c_int, c_int, c_int, c_int, c_int) -> c_int,
+    header: unsafe extern "C" fn(
+        Handle,
+        *const c_uchar,
+        c_ulong,
+        *mut c_int,
+        *mut c_int,
+        *mut c_int,
+        *mut c_int,
+    ) -> c_int,
+    decompress: unsafe extern "C" fn(
+        Handle,
+        *const c_uchar,
+        c_ulong,
+        *mut c_uchar,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+    ) -> c_int,
     error: unsafe extern "C" fn(Handle) -> *mut c_char,
     destroy: unsafe extern "C" fn(Handle) -> c_int,
 }
@@ -38,9 +56,14 @@ fn load() -> Option<Api> {
         names.push(p);
     }
     names.extend(
-        ["libturbojpeg.so.0", "libturbojpeg.so", "libturbojpeg.0.dylib", "libturbojpeg.dylib"]
-            .iter()
-            .map(Into::into),
+        [
+            "libturbojpeg.so.0",
+            "libturbojpeg.so",
+            "libturbojpeg.0.dylib",
+            "libturbojpeg.dylib",
+        ]
+        .iter()
+        .map(Into::into),
     );
     for name in names {
         // SAFETY: loading a C library with no initialisers of concern; symbols checked below.
@@ -111,10 +134,22 @@ pub fn decode(bytes: &[u8], reduction: u32) -> Option<Result<Picture, String>> {
         let (mut w, mut ht, mut sub, mut cs) = (0, 0, 0, 0);
         let err = || {
             // SAFETY: the handle is valid; the string is NUL-terminated and owned by the library.
-            unsafe { CStr::from_ptr((api.error)(h)) }.to_string_lossy().into_owned()
+            unsafe { CStr::from_ptr((api.error)(h)) }
+                .to_string_lossy()
+                .into_owned()
         };
         // SAFETY: bytes is a valid buffer of the given length; outputs are valid pointers.
-        let rc = unsafe { (api.header)(h, bytes.as_ptr(), bytes.len() as c_ulong, &mut w, &mut ht, &mut sub, &mut cs) };
+        let rc = unsafe {
+            (api.header)(
+                h,
+                bytes.as_ptr(),
+                bytes.len() as c_ulong,
+                &mut w,
+                &mut ht,
+                &mut sub,
+                &mut cs,
+            )
+        };
         if rc != 0 {
             return Some(Err(err()));
         }

@@ -9,7 +9,11 @@ use curate_vision::Limits;
 
 #[test]
 fn clip_preprocessing_matches_clip_image_processor() {
-    check(&run("clip-tiny", "reference/reference.json", PixelSpec::clip()));
+    check(&run(
+        "clip-tiny",
+        "reference/reference.json",
+        PixelSpec::clip(),
+    ));
 }
 
 #[test]
@@ -26,8 +30,13 @@ fn config_overrides_defaults_and_bad_values_are_named() {
     assert_eq!(spec.fixed_hw(), Some((768, 768)));
     assert_eq!(spec.crop, None);
     let bad = serde_json::json!({"size": {"longest": 3}});
-    let err = PixelSpec::from_hf_json(&bad, PixelSpec::clip()).unwrap_err().to_string();
-    assert!(err.contains("`size`") && err.contains("shortest_edge"), "{err}");
+    let err = PixelSpec::from_hf_json(&bad, PixelSpec::clip())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`size`") && err.contains("shortest_edge"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -12,5 +12,10 @@ fn without_libjpeg_turbo_jpegs_stay_within_a_few_levels() {
     assert!(!curate_vision::turbo::available());
     let results = common::run("clip-tiny", "reference/reference.json", PixelSpec::clip());
     common::check(&results);
-    assert!(results.iter().any(|(p, s)| p.ends_with(".jpg") && s.max_levels > 0), "the fallback decoder really ran");
+    assert!(
+        results
+            .iter()
+            .any(|(p, s)| p.ends_with(".jpg") && s.max_levels > 0),
+        "the fallback decoder really ran"
+    );
 }

@@ -51,9 +51,10 @@ pub fn compare(spec: &PixelSpec, photo: &str, png: &str) -> Stats {
 
 pub fn run(model: &str, reference: &str, defaults: PixelSpec) -> Vec<(String, Stats)> {
     let dir = fixtures().join("models").join(model);
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("preprocessor_config.json")).unwrap())
-            .unwrap();
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("preprocessor_config.json")).unwrap(),
+    )
+    .unwrap();
     let spec = PixelSpec::from_hf_json(&config, defaults).unwrap();
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join(reference)).unwrap()).unwrap();
@@ -64,7 +65,8 @@ pub fn run(model: &str, reference: &str, defaults: PixelSpec) -> Vec<(String, St
         };
         let photo = p["path"].as_str().unwrap();
         let png = if reference.contains('/') {
-            dir.join("reference").join(png.trim_start_matches("reference/"))
+            dir.join("reference")
+                .join(png.trim_start_matches("reference/"))
         } else {
             dir.join(png)
         };
@@ -86,15 +88,31 @@ pub fn run(model: &str, reference: &str, defaults: PixelSpec) -> Vec<(String, St
 /// 4 levels at edges, under 0.2 on average (`hf_parity_fallback.rs`).
 pub fn check(results: &[(String, Stats)]) {
     let turbo = curate_vision::turbo::available();
-    if std::env::var_os("CURATE_REQUIRE_TURBOJPEG").is_some() && std::env::var("CURATE_TURBOJPEG").as_deref() != Ok("off") {
-        assert!(turbo, "CURATE_REQUIRE_TURBOJPEG is set but libturbojpeg was not found");
+    if std::env::var_os("CURATE_REQUIRE_TURBOJPEG").is_some()
+        && std::env::var("CURATE_TURBOJPEG").as_deref() != Ok("off")
+    {
+        assert!(
+            turbo,
+            "CURATE_REQUIRE_TURBOJPEG is set but libturbojpeg was not found"
+        );
     }
     for (photo, s) in results {
         if photo.ends_with(".jpg") && !turbo {
-            assert!(s.max_levels <= JPEG_MAX_LEVELS, "{photo}: max {} levels", s.max_levels);
-            assert!(s.mean_levels <= JPEG_MEAN_LEVELS, "{photo}: mean {} levels", s.mean_levels);
+            assert!(
+                s.max_levels <= JPEG_MAX_LEVELS,
+                "{photo}: max {} levels",
+                s.max_levels
+            );
+            assert!(
+                s.mean_levels <= JPEG_MEAN_LEVELS,
+                "{photo}: mean {} levels",
+                s.mean_levels
+            );
         } else {
-            assert_eq!(s.max_levels, 0, "{photo}: a non-JPEG source must match exactly");
+            assert_eq!(
+                s.max_levels, 0,
+                "{photo}: a non-JPEG source must match exactly"
+            );
         }
     }
     let max = results.iter().map(|r| r.1.max_norm).fold(0.0, f32::max);
@@ -104,4 +122,3 @@ pub fn check(results: &[(String, Stats)]) {
 
 pub const JPEG_MAX_LEVELS: u8 = 4;
 pub const JPEG_MEAN_LEVELS: f64 = 0.2;
-
