@@ -50,8 +50,8 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Near-duplicate removal: iterative partitioned DBSCAN on CLIP embeddings (cos >= --eps).
     Dedup(Box<DedupArgs>),
-    /// Florence-2 captions through ONNX Runtime. [not built yet: issue #7]
-    Caption(NotBuiltArgs),
+    /// Florence-2 captions through ONNX Runtime, token-exact with transformers' generate.
+    Caption(Box<CaptionArgs>),
     /// Aesthetic scores (Aesthetic Predictor V2.5 through ONNX Runtime, or a head on CLIP embeddings) into quality tags.
     Score(Box<ScoreArgs>),
     /// Resize/crop into buckets and encode FLUX-VAE latents. [not built yet: issue #9]
@@ -78,7 +78,6 @@ impl Command {
     /// The issue that will build a stage that is not built yet.
     pub fn not_built(&self) -> Option<(&'static str, u32)> {
         Some(match self {
-            Command::Caption(_) => ("caption", 7),
             Command::EncodeLatents(_) => ("encode-latents", 9),
             Command::Train(_) => ("train", 10),
             Command::Sample(_) => ("sample", 10),
@@ -305,6 +304,9 @@ pub enum BenchStage {
     Fetch,
     /// CLIP preprocessing alone (one core, all cores; full and reduced DCT decode) and `embed` end to end.
     Embed,
+    /// Florence-2 generation alone on 32 photos: captions/s and tokens/s at batch sizes 1, 8
+    /// and 32, with and without the KV cache (default model: the tiny fixture).
+    Caption,
     /// Dedup on synthetic unit vectors with planted near-duplicates: one exact partition
     /// (GFLOP/s of the kernel), or the partitioned rounds (--partition-size < --rows).
     Dedup,
@@ -342,7 +344,7 @@ pub struct BenchArgs {
     /// embed, score: the model folder [default: the tiny fixture model].
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// dedup: synthetic embeddings (about a quarter of them planted near-copies, cos 0.93–0.99).
+    /// dedup: synthetic embeddings (groups of 1–4: 60% of them planted near-copies of a base, cos 0.93–0.99).
     #[arg(long, default_value_t = 50_000)]
     pub rows: usize,
     /// dedup: embedding dimension.
@@ -354,6 +356,9 @@ pub struct BenchArgs {
     /// dedup: partitioning rule for the partitioned benchmark.
     #[arg(long, default_value = "random")]
     pub partition: curate_dedup::partition::Rule,
+    /// dedup: rounds at most (partitioned benchmark).
+    #[arg(long, default_value_t = 20)]
+    pub max_rounds: u32,
     /// dedup: also write vectors.f32 and our labels.i32 here (for fixtures/dedup/sklearn_bench.py --compare).
     #[arg(long)]
     pub write: Option<PathBuf>,
@@ -556,6 +561,54 @@ pub struct ScoreArgs {
     /// Scores strictly below this are dropped (excluded from training; no tag).
     #[arg(long, default_value_t = 4.0)]
     pub drop_below: f32,
+    #[command(flatten)]
+    pub onnx: OnnxImageArgs,
+    /// Discard this directory's previous output if it was made with another configuration.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub shards: ShardArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CaptionArgs {
+    /// Image stage directory (`fetch`/`ingest` output).
+    pub input: PathBuf,
+    /// Stage directory to write (one caption shard per image shard; a row per image and task).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Florence-2 export folder (onnx-community layout): onnx/{vision_encoder, embed_tokens,
+    /// encoder_model, decoder_model_merged}.onnx, tokenizer.json, preprocessor_config.json,
+    /// generation_config.json.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// File-name suffix of the ONNX files to use, e.g. `_fp16` or `_quantized`.
+    #[arg(long, default_value = "")]
+    pub variant: String,
+    /// Tasks, comma-separated: caption (<CAPTION>), detailed (<DETAILED_CAPTION>),
+    /// more-detailed (<MORE_DETAILED_CAPTION>); each image is captioned once per task.
+    #[arg(
+        long,
+        default_value = "caption,detailed,more-detailed",
+        value_delimiter = ','
+    )]
+    pub task: Vec<String>,
+    /// Beams (1 = greedy) [default: the model's generation_config.json, 3 for Florence-2].
+    #[arg(long)]
+    pub num_beams: Option<usize>,
+    /// Longest caption, in tokens.
+    #[arg(long, default_value_t = 1024)]
+    pub max_new_tokens: usize,
+    /// Rerun the decoder on the whole sequence every step instead of feeding it its
+    /// keys/values (slower; for checking).
+    #[arg(long)]
+    pub no_kv_cache: bool,
+    /// Caption only the images a dedup stage kept (its keep.parquet).
+    #[arg(long, value_name = "DEDUP_DIR")]
+    pub keep: Option<PathBuf>,
+    /// Model id stored with every row [default: config.json's _name_or_path, else the folder name].
+    #[arg(long)]
+    pub model_id: Option<String>,
     #[command(flatten)]
     pub onnx: OnnxImageArgs,
     /// Discard this directory's previous output if it was made with another configuration.

@@ -37,6 +37,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         BenchStage::Fetch => bench_fetch(args, &input, &scratch),
         BenchStage::Embed => bench_embed(args, &input, &scratch),
         BenchStage::Dedup => bench_dedup(args, &scratch),
+        BenchStage::Caption => bench_caption(args, &input),
     };
     let _ = std::fs::remove_dir_all(&scratch);
     result
@@ -349,6 +350,7 @@ fn bench_embed(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Result
         .map(|b| load_rgb(b, &limits, &spec, DecodeScale::Full).expect("decodes"))
         .collect();
     let step = |what: &str, f: &dyn Fn()| {
+        // (the JPEG decoder named below is the one in use)
         let t = Instant::now();
         f();
         println!(
@@ -356,12 +358,17 @@ fn bench_embed(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Result
             n / t.elapsed().as_secs_f64()
         );
     };
-    step("decode only, full (jpeg-decoder)", &|| {
+    let jpeg = if curate_vision::turbo::available() {
+        "libjpeg-turbo"
+    } else {
+        "jpeg-decoder"
+    };
+    step(&format!("decode only, full ({jpeg})"), &|| {
         blobs.iter().for_each(|b| {
             std::hint::black_box(load_rgb(b, &limits, &spec, DecodeScale::Full).ok());
         })
     });
-    step("decode only, reduced DCT (jpeg-decoder)", &|| {
+    step(&format!("decode only, reduced DCT ({jpeg})"), &|| {
         blobs.iter().for_each(|b| {
             std::hint::black_box(load_rgb(b, &limits, &spec, DecodeScale::Reduced).ok());
         })
@@ -523,7 +530,7 @@ fn bench_dedup(args: &BenchArgs, scratch: &Path) -> anyhow::Result<()> {
         seed: 0,
         partition: args.partition,
         partition_size: args.partition_size,
-        max_rounds: 20,
+        max_rounds: args.max_rounds,
         block: curate_dedup::kernel::DEFAULT_BLOCK,
     };
     if args.partition_size >= args.rows {
@@ -577,6 +584,10 @@ fn bench_dedup(args: &BenchArgs, scratch: &Path) -> anyhow::Result<()> {
         .count();
     for r in &outcome.rounds {
         println!(
+            "  round {} done after {:.1} s of partition work",
+            r.round, r.part_seconds
+        );
+        println!(
             "  round {}: {} partitions (largest {}), {} → {} ({} removed), kernel {:.1} GFLOP/s",
             r.round, r.parts, r.max_part, r.images_in, r.images_out, r.removed, r.kernel_gflops
         );
@@ -592,6 +603,94 @@ fn bench_dedup(args: &BenchArgs, scratch: &Path) -> anyhow::Result<()> {
         rows.iter().filter(|r| r.kept).count(),
         planted.len(),
         100.0 * found as f64 / planted.len().max(1) as f64,
+        peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
+/// Florence-2 generation timed alone (pixels prepared beforehand).
+fn bench_caption(args: &BenchArgs, input: &Path) -> anyhow::Result<()> {
+    use curate_onnx::florence::{prompt_of, Florence};
+    use curate_vision::preprocess::{load_rgb, DecodeScale, PixelSpec};
+    let model_dir = args.model.clone().unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/florence2-tiny")
+    });
+    let rt = curate_onnx::init(&crate::paths::onnxruntime_dirs())?;
+    let mut model = Florence::load(
+        rt,
+        &model_dir,
+        "",
+        &curate_onnx::session::ModelOptions::default(),
+    )?;
+    model.gen.max_new_tokens = 20;
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(input)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
+    files.sort();
+    files.truncate(32);
+    let spec = model.spec.clone();
+    let tables = spec.tables();
+    let (h, w) = spec.fixed_hw().context("fixed size")?;
+    let plane = (3 * h * w) as usize;
+    let mut pixels = Vec::with_capacity(files.len() * plane);
+    for f in &files {
+        let bytes = std::fs::read(f)?;
+        let loaded = load_rgb(
+            &bytes,
+            &curate_vision::Limits::default(),
+            &spec,
+            DecodeScale::Reduced,
+        )?;
+        let mut buf = vec![0f32; plane];
+        PixelSpec::to_chw(&spec.resize_crop(&loaded.rgb), &tables, &mut buf);
+        pixels.extend(buf);
+    }
+    let n = files.len();
+    let prompt = prompt_of("caption").expect("known task");
+    println!(
+        "Florence-2 generation ({}, {} images, <CAPTION>, {} beams, max 20 new tokens, {} threads):",
+        model_dir.display(),
+        n,
+        model.gen.num_beams,
+        rayon::current_num_threads()
+    );
+    for kv in [true, false] {
+        model.gen.kv_cache = kv;
+        for bs in [1usize, 8, 32] {
+            let t = Instant::now();
+            let mut tokens = 0usize;
+            for start in (0..n).step_by(bs) {
+                let m = bs.min(n - start);
+                let seqs = model.generate(
+                    &pixels[start * plane..(start + m) * plane],
+                    &vec![prompt; m],
+                )?;
+                tokens += seqs
+                    .iter()
+                    .map(|s| {
+                        s.iter()
+                            .skip(2)
+                            .take_while(|&&t| {
+                                t != model.gen.eos_token_id && t != model.gen.pad_token_id
+                            })
+                            .count()
+                    })
+                    .sum::<usize>();
+            }
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "  KV cache {:<3} batch {bs:>2}: {:>7.2} captions/s, {:>8.1} tokens/s ({tokens} tokens in {secs:.2} s)",
+                if kv { "on" } else { "off" },
+                n as f64 / secs,
+                tokens as f64 / secs
+            );
+        }
+    }
+    println!(
+        "peak RSS {:.0} MiB",
         peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
     );
     Ok(())

@@ -94,6 +94,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<StageSummary> {
             ..Default::default()
         },
         batch_size: args.onnx.batch_size as usize,
+        only: None,
     };
     let dim = model.dim.context("the model's output width is unknown")?;
     let schema = schema(dim, args.dtype, &model_id, &args.output_name)?;

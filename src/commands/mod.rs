@@ -1,6 +1,7 @@
 //! One file per command.
 
 mod bench;
+pub mod caption;
 pub mod dedup;
 mod doctor;
 pub mod embed;
@@ -39,6 +40,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Embed(args) => embed::run(&args).map(|_| ()),
         Command::Dedup(args) => dedup::run(&args).map(|_| ()),
         Command::Score(args) => score::run(&args).map(|_| ()),
+        Command::Caption(args) => caption::run(&args).map(|_| ()),
         Command::Run(args) => run::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Doctor(args) => doctor::run(&args),

@@ -23,6 +23,8 @@ pub struct PixelJob {
     pub scale: DecodeScale,
     pub limits: Limits,
     pub batch_size: usize,
+    /// Only these keys (others are skipped, not emitted); `None` for all.
+    pub only: Option<std::sync::Arc<std::collections::HashSet<String>>>,
 }
 
 /// One batch: every input row in order, and the model input of the good ones.
@@ -65,12 +67,17 @@ pub fn for_each_batch(
                 let status = batch.column(1).as_string::<i32>();
                 let reason = batch.column(2).as_string::<i32>();
                 let bytes = batch.column(3).as_binary::<i32>();
-                let n = batch.num_rows();
+                let rows: Vec<usize> = (0..batch.num_rows())
+                    .filter(|&i| job.only.as_ref().is_none_or(|k| k.contains(keys.value(i))))
+                    .collect();
+                let n = rows.len();
+                if n == 0 {
+                    continue;
+                }
                 let plane = 3 * (height * width) as usize;
                 let results: Vec<Result<Vec<f32>, (String, String)>> = pool.install(|| {
-                    (0..n)
-                        .into_par_iter()
-                        .map(|i| {
+                    rows.par_iter()
+                        .map(|&i| {
                             if status.value(i) != "ok" || bytes.is_null(i) {
                                 let why = if reason.is_null(i) {
                                     "unknown"
@@ -87,7 +94,7 @@ pub fn for_each_batch(
                         .collect()
                 });
                 let mut out = Prepared {
-                    keys: (0..n).map(|i| keys.value(i).to_string()).collect(),
+                    keys: rows.iter().map(|&i| keys.value(i).to_string()).collect(),
                     failed: Vec::with_capacity(n),
                     ok: Vec::new(),
                     pixels: Vec::with_capacity(n * plane),

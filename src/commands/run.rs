@@ -5,7 +5,7 @@
 //! `--key value`, `true` → `--key`, arrays → repeated), so a stage behaves
 //! identically from a pipeline and from the shell. Relative paths in the
 //! file (`input`, and values starting with `./` or `../`) are relative to
-//! the file's folder; `input = "@name"` is the output of stage `name`.
+//! the file's folder; `"@name"` (as `input` or any flag's value) is the output of stage `name`.
 //! Stages whose shards are all complete are skipped shard by shard, so a
 //! rerun after a crash continues where it stopped.
 
@@ -181,6 +181,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                     | Command::Embed(_)
                     | Command::Dedup(_)
                     | Command::Score(_)
+                    | Command::Caption(_)
             ) {
                 bail!("stage `{name}`: `{}` is not a pipeline stage", stage.run);
             }
@@ -207,6 +208,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             Command::Embed(a) => super::embed::run(a),
             Command::Dedup(a) => super::dedup::run(a),
             Command::Score(a) => super::score::run(a),
+            Command::Caption(a) => super::caption::run(a),
             _ => bail!("stage `{name}`: `{}` is not a pipeline stage", stage.run),
         }
         .with_context(|| format!("stage `{name}` ({})", stage.run))?;
@@ -327,7 +329,9 @@ fn stage_argv(
                 toml::Value::Boolean(false) => {}
                 toml::Value::String(s) => {
                     argv.push(flag.clone());
-                    argv.push(if s.starts_with("./") || s.starts_with("../") {
+                    argv.push(if let Some(upstream) = s.strip_prefix('@') {
+                        work.join(upstream).display().to_string()
+                    } else if s.starts_with("./") || s.starts_with("../") {
                         normalize(&base.join(s)).display().to_string()
                     } else {
                         s.clone()

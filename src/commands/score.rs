@@ -136,6 +136,7 @@ fn run_pixels(args: &ScoreArgs, bands: &Bands, split: &ShardSplit) -> anyhow::Re
             ..Default::default()
         },
         batch_size: args.onnx.batch_size as usize,
+        only: None,
     };
     let schema = schema(&model_id, "pixels", bands)?;
     let summary = pixels::run_image_stage(

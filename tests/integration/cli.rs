@@ -37,7 +37,6 @@ fn usage_errors_exit_2_and_help_exits_0() {
 #[test]
 fn unbuilt_stages_say_so_and_fail() {
     for (stage, issue) in [
-        ("caption", 7),
         ("encode-latents", 9),
         ("train", 10),
         ("sample", 10),
@@ -142,7 +141,7 @@ fn run_executes_the_demo_pipeline_then_skips_it() {
     let local = read_images(&work.join("local"));
     assert_eq!(local.len(), image_files(&fixtures_images()).len());
     assert!(
-        r.stderr.contains("[1/5] images") && r.stderr.contains("[2/5] local"),
+        r.stderr.contains("[1/6] images") && r.stderr.contains("[2/6] local"),
         "{}",
         r.stderr
     );
@@ -155,7 +154,7 @@ fn run_executes_the_demo_pipeline_then_skips_it() {
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(
         again.stderr.matches("already complete (").count(),
-        5,
+        6,
         "{}",
         again.stderr
     );
@@ -173,6 +172,12 @@ fn run_executes_the_demo_pipeline_then_skips_it() {
         "the fixtures repeat photos at several sizes"
     );
     assert!(work.join("score/part-00000.parquet").exists());
+    // caption: the kept images only, three tasks each.
+    let kept = summary["images_kept"].as_u64().unwrap() as usize;
+    assert_eq!(
+        crate::caption::read_captions(&work.join("caption")).len(),
+        3 * kept
+    );
     assert_eq!(read_images(&work.join("images")).len(), fetched.len());
 
     let status = run(curate().arg("status").arg(&work));

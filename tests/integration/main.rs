@@ -1,5 +1,6 @@
 //! Integration tests: they drive the real `curate` binary as a child process.
 
+mod caption;
 mod cli;
 mod common;
 mod dedup;

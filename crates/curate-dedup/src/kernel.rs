@@ -98,6 +98,42 @@ impl Graph {
     }
 }
 
+/// The largest value of `v` and its first index, in 8 independent lanes
+/// (vectorised), ties going to the lowest index.
+fn row_argmax(v: &[f32]) -> (f32, usize) {
+    const L: usize = 8;
+    let mut lane_max = [f32::NEG_INFINITY; L];
+    let mut lane_idx = [0u32; L];
+    let chunks = v.len() / L;
+    for ch in 0..chunks {
+        let x = &v[ch * L..ch * L + L];
+        for l in 0..L {
+            let better = x[l] > lane_max[l];
+            lane_max[l] = if better { x[l] } else { lane_max[l] };
+            lane_idx[l] = if better {
+                (ch * L + l) as u32
+            } else {
+                lane_idx[l]
+            };
+        }
+    }
+    let mut best = (f32::NEG_INFINITY, usize::MAX);
+    for l in 0..L {
+        if lane_max[l] > best.0 || (lane_max[l] == best.0 && (lane_idx[l] as usize) < best.1) {
+            best = (lane_max[l], lane_idx[l] as usize);
+        }
+    }
+    for (i, &x) in v.iter().enumerate().skip(chunks * L) {
+        if x > best.0 {
+            best = (x, i);
+        }
+    }
+    if best.1 == usize::MAX {
+        best.1 = 0;
+    }
+    best
+}
+
 /// Rows per block: a 1024×1024 f32 product tile is 4 MiB of scratch.
 pub const DEFAULT_BLOCK: usize = 1024;
 
@@ -155,22 +191,39 @@ pub fn eps_graph(x: &Matrix, eps: f32, block: usize) -> Graph {
                 i0,
                 j0,
             };
+            let mut col_max = vec![f32::NEG_INFINITY; k];
+            let mut col_idx = vec![u32::MAX; k];
             for r in 0..m {
                 let row = &scratch[r * k..(r + 1) * k];
-                let gi = i0 + r;
+                let gi = (i0 + r) as u32;
                 let start = if bi == bj { r + 1 } else { 0 };
-                for (c, &s) in row.iter().enumerate().skip(start) {
-                    let gj = j0 + c;
-                    if s > tile.row_best[r].0 {
-                        tile.row_best[r] = (s, gj as u32);
-                    }
-                    if s > tile.col_best[c].0 {
-                        tile.col_best[c] = (s, gi as u32);
-                    }
-                    if s >= eps {
-                        tile.edges.push((gi as u32, gj as u32, s));
+                if start >= k {
+                    continue;
+                }
+                let (mx, at) = row_argmax(&row[start..]);
+                tile.row_best[r] = (mx, (j0 + start + at) as u32);
+                // Column maxima, branch-free so the loop vectorises; rows come
+                // in increasing order, so the first (lowest) row wins ties.
+                for ((&v, cm), ci) in row[start..]
+                    .iter()
+                    .zip(&mut col_max[start..])
+                    .zip(&mut col_idx[start..])
+                {
+                    let better = v > *cm;
+                    *cm = if better { v } else { *cm };
+                    *ci = if better { gi } else { *ci };
+                }
+                // Most rows have no neighbour in most tiles: scan only when one exists.
+                if mx >= eps {
+                    for (c, &v) in row.iter().enumerate().skip(start) {
+                        if v >= eps {
+                            tile.edges.push((gi, (j0 + c) as u32, v));
+                        }
                     }
                 }
+            }
+            for (c, slot) in tile.col_best.iter_mut().enumerate() {
+                *slot = (col_max[c], col_idx[c]);
             }
             tile
         })

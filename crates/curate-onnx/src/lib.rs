@@ -280,5 +280,6 @@ pub fn available_providers() -> Result<Vec<String>, OnnxError> {
     }
 }
 
+pub mod florence;
 pub mod session;
 pub mod vision;

@@ -270,4 +270,71 @@ impl Model {
             .map_err(|e| run_err(format!("output `{output}`: {e}")))?;
         Ok((shape.to_vec(), data.to_vec()))
     }
+
+    /// Runs with typed inputs; float inputs are converted to float16 where
+    /// the model declares it, float outputs are returned as `f32`.
+    pub fn run_inputs(
+        &mut self,
+        inputs: Vec<(String, Input)>,
+        outputs: &[&str],
+    ) -> Result<Vec<ShapedF32>, OnnxError> {
+        let path = self.path.clone();
+        let run_err = |message: String| OnnxError::Run {
+            path: path.clone(),
+            message,
+        };
+        let mut values: Vec<(
+            std::borrow::Cow<'_, str>,
+            ort::session::SessionInputValue<'_>,
+        )> = Vec::with_capacity(inputs.len());
+        for (name, input) in inputs {
+            let f16 = self.tensor(&name).is_some_and(TensorInfo::is_f16);
+            let value: ort::session::SessionInputValue = match input {
+                Input::F32(shape, data) if f16 => {
+                    let half: Vec<half::f16> =
+                        data.iter().map(|&x| half::f16::from_f32(x)).collect();
+                    Tensor::from_array((shape, half))
+                        .map_err(|e| run_err(e.to_string()))?
+                        .into()
+                }
+                Input::F32(shape, data) => Tensor::from_array((shape, data))
+                    .map_err(|e| run_err(e.to_string()))?
+                    .into(),
+                Input::I64(shape, data) => Tensor::from_array((shape, data))
+                    .map_err(|e| run_err(e.to_string()))?
+                    .into(),
+                Input::Bool(shape, data) => Tensor::from_array((shape, data))
+                    .map_err(|e| run_err(e.to_string()))?
+                    .into(),
+            };
+            values.push((std::borrow::Cow::Owned(name), value));
+        }
+        let result = self
+            .session
+            .run(values)
+            .map_err(|e| run_err(e.to_string()))?;
+        let mut out = Vec::with_capacity(outputs.len());
+        for name in outputs {
+            let v = result
+                .get(*name)
+                .ok_or_else(|| run_err(format!("no output `{name}`")))?;
+            if let Ok((shape, data)) = v.try_extract_tensor::<half::f16>() {
+                out.push((shape.to_vec(), data.iter().map(|x| x.to_f32()).collect()));
+                continue;
+            }
+            let (shape, data) = v
+                .try_extract_tensor::<f32>()
+                .map_err(|e| run_err(format!("output `{name}`: {e}")))?;
+            out.push((shape.to_vec(), data.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+/// A typed model input: shape and row-major data.
+#[derive(Debug, Clone)]
+pub enum Input {
+    F32(Vec<i64>, Vec<f32>),
+    I64(Vec<i64>, Vec<i64>),
+    Bool(Vec<i64>, Vec<bool>),
 }

@@ -103,7 +103,7 @@ impl ModelFiles {
     }
 }
 
-fn list_dir(dir: &Path) -> String {
+pub(crate) fn list_dir(dir: &Path) -> String {
     let mut names: Vec<String> = walk(dir, dir, 2);
     names.sort();
     if names.is_empty() {
