@@ -373,6 +373,10 @@ pub struct OnnxImageArgs {
     /// ONNX Runtime intra-op threads (0 = ONNX Runtime's choice).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Allow TF32 matrix products on CUDA: faster, ~1e-3 relative error (off: CUDA outputs
+    /// match the CPU's to float32 rounding).
+    #[arg(long)]
+    pub cuda_tf32: bool,
     /// Images per inference batch.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,

@@ -54,6 +54,7 @@ pub fn run(args: &CaptionArgs) -> anyhow::Result<StageSummary> {
     let options = ModelOptions {
         device: args.onnx.device,
         threads: args.onnx.threads,
+        tf32: args.onnx.cuda_tf32,
     };
     let mut model = Florence::load(runtime, &args.model, &args.variant, &options)?;
     if let Some(b) = args.num_beams {

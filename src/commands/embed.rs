@@ -46,6 +46,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<StageSummary> {
     let options = ModelOptions {
         device: args.onnx.device,
         threads: args.onnx.threads,
+        tf32: args.onnx.cuda_tf32,
     };
     let mut model = ImageModel::open(
         runtime,

@@ -88,6 +88,7 @@ fn run_pixels(args: &ScoreArgs, bands: &Bands, split: &ShardSplit) -> anyhow::Re
     let options = ModelOptions {
         device: args.onnx.device,
         threads: args.onnx.threads,
+        tf32: args.onnx.cuda_tf32,
     };
     let onnx_len = std::fs::metadata(&files.onnx).map(|m| m.len()).unwrap_or(0);
     let mut model = ImageModel::open(

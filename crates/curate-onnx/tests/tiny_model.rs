@@ -42,6 +42,7 @@ fn tiny_model_matches_the_numpy_reference() {
         &ModelOptions {
             device: Device::Cpu,
             threads: 1,
+            tf32: false,
         },
     )
     .unwrap();
@@ -129,6 +130,7 @@ fn cuda_without_the_gpu_runtime_fails_instead_of_falling_back() {
         &ModelOptions {
             device: Device::Cuda(0),
             threads: 0,
+            tf32: false,
         },
     )
     .err()
