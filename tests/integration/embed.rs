@@ -363,3 +363,27 @@ fn killed_embed_resumes_and_matches_an_uninterrupted_run() {
         assert!(x.iter().zip(y).all(|(p, q)| (p - q).abs() < 1e-5));
     }
 }
+
+#[test]
+fn a_float16_export_is_accepted_and_stays_close_to_the_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    ingest(&repo().join("fixtures/images/photos"), &images, &[]);
+    let out = tmp.path().join("fp16");
+    let r = run(curate()
+        .arg("embed")
+        .arg(&images)
+        .arg("-o")
+        .arg(&out)
+        .arg("--model")
+        .arg(clip().join("onnx/vision_model_fp16.onnx"))
+        .args(["--dtype", "f32", "--decode-scale", "full"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let ours = by_path(&images, &out);
+    let mut worst = 1f32;
+    for (path, want) in reference() {
+        worst = worst.min(cosine(&ours[&path], &want));
+    }
+    eprintln!("float16 export: lowest cosine to the float32 transformers reference {worst:.6}");
+    assert!(worst >= 0.999, "{worst}");
+}

@@ -16,7 +16,7 @@ pub struct ModelFiles {
     /// The folder (the ONNX file's folder when a file was given).
     pub dir: PathBuf,
     pub onnx: PathBuf,
-    /// `preprocessor_config.json`, searched beside the ONNX file and in the folder above.
+    /// `preprocessor_config.json`, searched beside the ONNX file, in the folder, and one folder up.
     pub preprocessor: Option<PathBuf>,
     /// The model id: `_name_or_path` of `config.json` when present, else the folder name.
     pub id: String,
@@ -56,9 +56,12 @@ impl ModelFiles {
                     .unwrap_or_else(|| "nothing".into()),
             });
         };
+        // Beside the ONNX file, in the folder, or one folder up (transformers.js keeps
+        // the configs next to `onnx/`).
         let near = |name: &str| {
             let beside = onnx.parent().map(|p| p.join(name));
-            [beside, Some(dir.join(name))]
+            let up = onnx.parent().and_then(Path::parent).map(|p| p.join(name));
+            [beside, Some(dir.join(name)), up]
                 .into_iter()
                 .flatten()
                 .find(|p| p.is_file())
