@@ -408,3 +408,54 @@ fn chained_clusters_are_visible_and_bad_settings_are_refused() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("not a stage directory"), "{}", r.stderr);
 }
+
+#[test]
+fn best_score_keeps_the_highest_scored_image_of_each_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    ingest(&repo().join("fixtures/images/photos"), &images, &[]);
+    let emb = tmp.path().join("emb");
+    assert_eq!(embed(&images, &emb, &["--dtype", "f32"]).code, 0);
+    let scores = tmp.path().join("scores");
+    let r = run(curate()
+        .arg("score")
+        .arg(&images)
+        .arg("-o")
+        .arg(&scores)
+        .arg("--model")
+        .arg(repo().join("fixtures/models/aesthetic-tiny")));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let score_of: BTreeMap<String, f32> = crate::score::read_scores(&scores)
+        .into_iter()
+        .map(|r| (r.key, r.score.unwrap()))
+        .collect();
+    let out = tmp.path().join("dedup");
+    let r = run(curate()
+        .arg("dedup")
+        .arg(&emb)
+        .arg("-o")
+        .arg(&out)
+        .args(["--eps", "0.9", "--keep", "best-score", "--scores"])
+        .arg(&scores));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let c = read_clusters(&out);
+    let mut clusters: BTreeMap<i64, Vec<(&String, bool)>> = BTreeMap::new();
+    for (key, (cid, kept, _, _)) in &c.rows {
+        if let Some(cid) = cid {
+            clusters.entry(*cid).or_default().push((key, *kept));
+        }
+    }
+    assert!(
+        !clusters.is_empty(),
+        "eps 0.9 joins some of the fixture photos"
+    );
+    for members in clusters.values() {
+        let best = members
+            .iter()
+            .map(|(k, _)| score_of[*k])
+            .fold(f32::MIN, f32::max);
+        let kept: Vec<_> = members.iter().filter(|m| m.1).collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(score_of[kept[0].0], best, "{members:?}");
+    }
+}
