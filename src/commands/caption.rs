@@ -109,20 +109,7 @@ pub fn run(args: &CaptionArgs) -> anyhow::Result<StageSummary> {
         m.insert("tasks".to_string(), tasks.join(","));
         Arc::new(s.with_metadata(m))
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(args.onnx.decode_threads)
-        .build()
-        .context("decoder thread pool")?;
-    let job = PixelJob {
-        spec: model.spec.clone(),
-        scale: args.onnx.decode_scale,
-        limits: curate_vision::Limits {
-            max_pixels: args.onnx.max_pixels,
-            ..Default::default()
-        },
-        batch_size: args.onnx.batch_size as usize,
-        only,
-    };
+    let (job, pool) = PixelJob::from_args(&args.onnx, model.spec.clone(), only)?;
     let owned_rows: u64 = split
         .owned(stage.num_shards())
         .map(|s| upstream.shards[s as usize].records)

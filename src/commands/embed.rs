@@ -83,20 +83,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<StageSummary> {
         );
     }
 
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(args.onnx.decode_threads)
-        .build()
-        .context("decoder thread pool")?;
-    let job = PixelJob {
-        spec,
-        scale: args.onnx.decode_scale,
-        limits: curate_vision::Limits {
-            max_pixels: args.onnx.max_pixels,
-            ..Default::default()
-        },
-        batch_size: args.onnx.batch_size as usize,
-        only: None,
-    };
+    let (job, pool) = PixelJob::from_args(&args.onnx, spec, None)?;
     let dim = model.dim.context("the model's output width is unknown")?;
     let schema = schema(dim, args.dtype, &model_id, &args.output_name)?;
     let summary = pixels::run_image_stage(

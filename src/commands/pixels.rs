@@ -27,6 +27,31 @@ pub struct PixelJob {
     pub only: Option<std::sync::Arc<std::collections::HashSet<String>>>,
 }
 
+impl PixelJob {
+    /// The job and its decoding pool from an image-model stage's flags.
+    pub fn from_args(
+        args: &crate::cli::OnnxImageArgs,
+        spec: PixelSpec,
+        only: Option<std::sync::Arc<std::collections::HashSet<String>>>,
+    ) -> anyhow::Result<(PixelJob, rayon::ThreadPool)> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(args.decode_threads)
+            .build()
+            .context("decoder thread pool")?;
+        let job = PixelJob {
+            spec,
+            scale: args.decode_scale,
+            limits: Limits {
+                max_pixels: args.max_pixels,
+                ..Default::default()
+            },
+            batch_size: args.batch_size as usize,
+            only,
+        };
+        Ok((job, pool))
+    }
+}
+
 /// One batch: every input row in order, and the model input of the good ones.
 pub struct Prepared {
     pub keys: Vec<String>,

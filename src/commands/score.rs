@@ -125,20 +125,7 @@ fn run_pixels(args: &ScoreArgs, bands: &Bands, split: &ShardSplit) -> anyhow::Re
             "max_pixels": args.onnx.max_pixels,
         }),
     )?;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(args.onnx.decode_threads)
-        .build()
-        .context("decoder thread pool")?;
-    let job = PixelJob {
-        spec,
-        scale: args.onnx.decode_scale,
-        limits: curate_vision::Limits {
-            max_pixels: args.onnx.max_pixels,
-            ..Default::default()
-        },
-        batch_size: args.onnx.batch_size as usize,
-        only: None,
-    };
+    let (job, pool) = PixelJob::from_args(&args.onnx, spec, None)?;
     let schema = schema(&model_id, "pixels", bands)?;
     let summary = pixels::run_image_stage(
         "score",

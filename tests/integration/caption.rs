@@ -20,17 +20,7 @@ pub struct CaptionRow {
 
 pub fn read_captions(stage: &Path) -> Vec<CaptionRow> {
     let table = curate_core::schema::get("captions").unwrap();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(stage)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("part-")
-        })
-        .collect();
-    files.sort();
+    let files = crate::common::shard_files(stage);
     let mut out = Vec::new();
     for f in files {
         for b in curate_io::read_shard(&f, table).unwrap() {

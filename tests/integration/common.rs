@@ -136,3 +136,17 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The shard files (`part-*.parquet`) of a stage directory, in shard order.
+pub fn shard_files(stage: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(stage)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("part-") && name.ends_with(".parquet")
+        })
+        .collect();
+    files.sort();
+    files
+}

@@ -51,17 +51,7 @@ pub struct EmbRow {
 /// Every row of every shard of an embeddings stage, in shard order.
 pub fn read_embeddings(stage: &Path) -> Vec<EmbRow> {
     let table = curate_core::schema::get("embeddings").unwrap();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(stage)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("part-")
-        })
-        .collect();
-    files.sort();
+    let files = crate::common::shard_files(stage);
     let mut out = Vec::new();
     for f in files {
         for b in curate_io::read_shard(&f, table).unwrap() {

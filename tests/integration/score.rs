@@ -4,7 +4,7 @@
 //! head on embeddings, and the bands.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Float32Type;
@@ -24,17 +24,7 @@ pub struct ScoreRow {
 
 pub fn read_scores(stage: &Path) -> Vec<ScoreRow> {
     let table = curate_core::schema::get("scores").unwrap();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(stage)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("part-")
-        })
-        .collect();
-    files.sort();
+    let files = crate::common::shard_files(stage);
     let mut out = Vec::new();
     for f in files {
         for b in curate_io::read_shard(&f, table).unwrap() {

@@ -247,6 +247,21 @@ pub fn read_columns(
     table: &TableSchema,
     columns: Option<&[&str]>,
 ) -> Result<Vec<RecordBatch>, IoError> {
+    checked_reader(path, table, columns, None)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| IoError::Arrow {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// A reader of `columns` (all when `None`) after checking the shard against `table`.
+fn checked_reader(
+    path: &Path,
+    table: &TableSchema,
+    columns: Option<&[&str]>,
+    batch_rows: Option<usize>,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, IoError> {
     let builder = open(path)?;
     table
         .check_readable(builder.schema())
@@ -254,7 +269,7 @@ pub fn read_columns(
             path: path.to_path_buf(),
             source,
         })?;
-    let builder = match columns {
+    let mut builder = match columns {
         None => builder,
         Some(cols) => {
             let mut idx = Vec::with_capacity(cols.len());
@@ -273,16 +288,13 @@ pub fn read_columns(
             builder.with_projection(mask)
         }
     };
-    let reader = builder.build().map_err(|source| IoError::Parquet {
+    if let Some(rows) = batch_rows {
+        builder = builder.with_batch_size(rows.max(1));
+    }
+    builder.build().map_err(|source| IoError::Parquet {
         path: path.to_path_buf(),
         source,
-    })?;
-    reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| IoError::Arrow {
-            path: path.to_path_buf(),
-            source,
-        })
+    })
 }
 
 /// Writes a whole table to `dest` atomically (for small stage-level outputs).
@@ -393,34 +405,7 @@ pub fn stream_columns(
     columns: &[&str],
     batch_rows: usize,
 ) -> Result<impl Iterator<Item = Result<RecordBatch, IoError>>, IoError> {
-    let builder = open(path)?;
-    table
-        .check_readable(builder.schema())
-        .map_err(|source| IoError::Schema {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let mut idx = Vec::with_capacity(columns.len());
-    for c in columns {
-        idx.push(
-            builder
-                .schema()
-                .index_of(c)
-                .map_err(|_| IoError::MissingColumn {
-                    path: path.to_path_buf(),
-                    column: c.to_string(),
-                })?,
-        );
-    }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), idx);
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(batch_rows.max(1))
-        .build()
-        .map_err(|source| IoError::Parquet {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let reader = checked_reader(path, table, Some(columns), Some(batch_rows))?;
     let path = path.to_path_buf();
     Ok(reader.map(move |b| {
         b.map_err(|source| IoError::Arrow {
