@@ -393,6 +393,17 @@ pub struct OnnxImageArgs {
     pub max_pixels: u64,
 }
 
+impl OnnxImageArgs {
+    /// The session options these flags ask for.
+    pub fn model_options(&self) -> curate_onnx::session::ModelOptions {
+        curate_onnx::session::ModelOptions {
+            device: self.device,
+            threads: self.threads,
+            tf32: self.cuda_tf32,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FloatDtype {

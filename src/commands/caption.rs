@@ -17,7 +17,6 @@ use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array}
 use curate_core::split::ShardSplit;
 use curate_core::stage::{Opened, StageDir, StageSpec};
 use curate_onnx::florence::{prompt_of, Florence, Sequence};
-use curate_onnx::session::ModelOptions;
 
 use super::pixels::{self, PixelJob, Prepared};
 use super::shared::{TableShard, Upstream};
@@ -51,11 +50,7 @@ pub fn run(args: &CaptionArgs) -> anyhow::Result<StageSummary> {
     }
     let upstream = Upstream::open(&args.input, &["images"])?;
     let runtime = curate_onnx::init(&crate::paths::onnxruntime_dirs())?;
-    let options = ModelOptions {
-        device: args.onnx.device,
-        threads: args.onnx.threads,
-        tf32: args.onnx.cuda_tf32,
-    };
+    let options = args.onnx.model_options();
     let mut model = Florence::load(runtime, &args.model, &args.variant, &options)?;
     if let Some(b) = args.num_beams {
         model.gen.num_beams = b.max(1);

@@ -17,7 +17,6 @@ use arrow_array::{
 use arrow_schema::{DataType, Field};
 use curate_core::split::ShardSplit;
 use curate_core::stage::{Opened, StageDir, StageSpec};
-use curate_onnx::session::ModelOptions;
 use curate_onnx::vision::{ImageModel, ModelFiles};
 use curate_vision::preprocess::PixelSpec;
 
@@ -43,11 +42,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<StageSummary> {
     let spec = files.pixel_spec(PixelSpec::clip())?;
     let model_id = args.model_id.clone().unwrap_or_else(|| files.id.clone());
     let runtime = curate_onnx::init(&crate::paths::onnxruntime_dirs())?;
-    let options = ModelOptions {
-        device: args.onnx.device,
-        threads: args.onnx.threads,
-        tf32: args.onnx.cuda_tf32,
-    };
+    let options = args.onnx.model_options();
     let mut model = ImageModel::open(
         runtime,
         files.clone(),

@@ -16,7 +16,6 @@ use arrow_array::{Array, ArrayRef, BooleanArray, Float32Array, RecordBatch, Stri
 use curate_core::bands::Bands;
 use curate_core::split::ShardSplit;
 use curate_core::stage::{Opened, StageDir, StageSpec};
-use curate_onnx::session::ModelOptions;
 use curate_onnx::vision::{ImageModel, ModelFiles};
 use curate_vision::preprocess::PixelSpec;
 
@@ -85,11 +84,7 @@ fn run_pixels(args: &ScoreArgs, bands: &Bands, split: &ShardSplit) -> anyhow::Re
     let spec = files.pixel_spec(PixelSpec::squash(384, [0.5; 3], [0.5; 3]))?;
     let model_id = args.model_id.clone().unwrap_or_else(|| files.id.clone());
     let runtime = curate_onnx::init(&crate::paths::onnxruntime_dirs())?;
-    let options = ModelOptions {
-        device: args.onnx.device,
-        threads: args.onnx.threads,
-        tf32: args.onnx.cuda_tf32,
-    };
+    let options = args.onnx.model_options();
     let onnx_len = std::fs::metadata(&files.onnx).map(|m| m.len()).unwrap_or(0);
     let mut model = ImageModel::open(
         runtime,

@@ -22,6 +22,13 @@ pub struct ScoreRow {
     dropped: Option<bool>,
 }
 
+/// `curate score INPUT -o OUT`, flags to follow.
+fn score_cmd(input: &Path, out: &Path) -> std::process::Command {
+    let mut c = curate();
+    c.arg("score").arg(input).arg("-o").arg(out);
+    c
+}
+
 pub fn read_scores(stage: &Path) -> Vec<ScoreRow> {
     let table = curate_core::schema::get("scores").unwrap();
     let files = crate::common::shard_files(stage);
@@ -106,11 +113,7 @@ fn scores_match_the_pytorch_predictor_on_every_photo() {
         &["--shard-size", "10"],
     );
     let out = tmp.path().join("scores");
-    let r = run(curate()
-        .arg("score")
-        .arg(&images)
-        .arg("-o")
-        .arg(&out)
+    let r = run(score_cmd(&images, &out)
         .arg("--model")
         .arg(repo().join("fixtures/models/aesthetic-tiny"))
         .args(["--batch-size", "4", "--decode-scale", "full"]));
@@ -148,13 +151,7 @@ fn from_embeddings_head_matches_its_reference_and_bands_are_configurable() {
     );
     let head = repo().join("fixtures/models/aesthetic-head-tiny/head.safetensors");
     let out = tmp.path().join("scores");
-    let r = run(curate()
-        .arg("score")
-        .arg(&emb)
-        .arg("-o")
-        .arg(&out)
-        .arg("--from-embeddings")
-        .arg(&head));
+    let r = run(score_cmd(&emb, &out).arg("--from-embeddings").arg(&head));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let rows = by_path(&images, read_scores(&out));
     for (path, want) in reference("fixtures/models/aesthetic-head-tiny/reference.json") {
@@ -164,11 +161,7 @@ fn from_embeddings_head_matches_its_reference_and_bands_are_configurable() {
     check_bands(&rows.into_values().collect::<Vec<_>>());
 
     let custom = tmp.path().join("custom");
-    let r = run(curate()
-        .arg("score")
-        .arg(&emb)
-        .arg("-o")
-        .arg(&custom)
+    let r = run(score_cmd(&emb, &custom)
         .arg("--from-embeddings")
         .arg(&head)
         .args(["--bands", "7:\"top\",3:fine", "--drop-below", "3"]));
@@ -201,11 +194,7 @@ fn a_head_that_does_not_fit_the_embeddings_is_refused_with_both_sizes() {
     file.extend_from_slice(&[0u8; 12]);
     let head = tmp.path().join("head.safetensors");
     std::fs::write(&head, file).unwrap();
-    let r = run(curate()
-        .arg("score")
-        .arg(&emb)
-        .arg("-o")
-        .arg(tmp.path().join("s"))
+    let r = run(score_cmd(&emb, &tmp.path().join("s"))
         .arg("--from-embeddings")
         .arg(&head));
     assert_eq!(r.code, 1);
@@ -224,13 +213,7 @@ fn failed_images_are_rows_and_bad_bands_are_refused() {
     ingest(&repo().join("fixtures/images"), &images, &[]);
     let model = repo().join("fixtures/models/aesthetic-tiny");
     let out = tmp.path().join("s");
-    let r = run(curate()
-        .arg("score")
-        .arg(&images)
-        .arg("-o")
-        .arg(&out)
-        .arg("--model")
-        .arg(&model));
+    let r = run(score_cmd(&images, &out).arg("--model").arg(&model));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let inputs = read_images(&images);
     let rows = read_scores(&out);
@@ -246,11 +229,7 @@ fn failed_images_are_rows_and_bad_bands_are_refused() {
             assert!(o.score.is_none() && o.dropped.is_none());
         }
     }
-    let r = run(curate()
-        .arg("score")
-        .arg(&images)
-        .arg("-o")
-        .arg(tmp.path().join("x"))
+    let r = run(score_cmd(&images, &tmp.path().join("x"))
         .arg("--model")
         .arg(&model)
         .args(["--bands", "high:great"]));
@@ -261,11 +240,7 @@ fn failed_images_are_rows_and_bad_bands_are_refused() {
         r.stderr
     );
     // The CLIP model is no score model.
-    let r = run(curate()
-        .arg("score")
-        .arg(&images)
-        .arg("-o")
-        .arg(tmp.path().join("y"))
+    let r = run(score_cmd(&images, &tmp.path().join("y"))
         .arg("--model")
         .arg(repo().join("fixtures/models/clip-tiny/onnx/vision_model.onnx"))
         .args(["--output-name", "image_embeds"]));

@@ -245,36 +245,11 @@ impl Model {
         data: Vec<f32>,
         output: &str,
     ) -> Result<ShapedF32, OnnxError> {
-        let path = self.path.clone();
-        let run_err = |message: String| OnnxError::Run {
-            path: path.clone(),
-            message,
-        };
-        let f16_in = self.tensor(input).is_some_and(TensorInfo::is_f16);
-        let value: ort::session::SessionInputValue = if f16_in {
-            let half: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x)).collect();
-            Tensor::from_array((shape, half))
-                .map_err(|e| run_err(e.to_string()))?
-                .into()
-        } else {
-            Tensor::from_array((shape, data))
-                .map_err(|e| run_err(e.to_string()))?
-                .into()
-        };
-        let result = self
-            .session
-            .run(vec![(std::borrow::Cow::Borrowed(input), value)])
-            .map_err(|e| run_err(e.to_string()))?;
-        let v = result
-            .get(output)
-            .ok_or_else(|| run_err(format!("no output `{output}`")))?;
-        if let Ok((shape, data)) = v.try_extract_tensor::<half::f16>() {
-            return Ok((shape.to_vec(), data.iter().map(|x| x.to_f32()).collect()));
-        }
-        let (shape, data) = v
-            .try_extract_tensor::<f32>()
-            .map_err(|e| run_err(format!("output `{output}`: {e}")))?;
-        Ok((shape.to_vec(), data.to_vec()))
+        let mut out = self.run_inputs(
+            vec![(input.to_string(), Input::F32(shape, data))],
+            &[output],
+        )?;
+        Ok(out.remove(0))
     }
 
     /// Runs with typed inputs; float inputs are converted to float16 where

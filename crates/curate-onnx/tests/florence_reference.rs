@@ -60,6 +60,15 @@ fn cases() -> Vec<serde_json::Value> {
     r["cases"].as_array().unwrap().clone()
 }
 
+/// A JSON array of strings.
+fn strings(v: &serde_json::Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect()
+}
+
 fn ids(v: &serde_json::Value) -> Vec<Vec<i64>> {
     v.as_array()
         .unwrap()
@@ -94,18 +103,7 @@ fn check(mode: &str) {
             skipped += 1;
             continue;
         }
-        let photos: Vec<&str> = case["photos"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p.as_str().unwrap())
-            .collect();
-        let prompts: Vec<&str> = case["prompts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p.as_str().unwrap())
-            .collect();
+        let (photos, prompts) = (strings(&case["photos"]), strings(&case["prompts"]));
         let (input_ids, mask) = f.tokenize(&prompts).unwrap();
         assert_eq!(
             input_ids,
@@ -158,18 +156,7 @@ fn without_the_kv_cache_the_tokens_are_the_same() {
             .into_iter()
             .find(|c| c["mode"] == mode && c["kind"] == "batch" && usable(c))
             .unwrap();
-        let photos: Vec<&str> = case["photos"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p.as_str().unwrap())
-            .collect();
-        let prompts: Vec<&str> = case["prompts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p.as_str().unwrap())
-            .collect();
+        let (photos, prompts) = (strings(&case["photos"]), strings(&case["prompts"]));
         let px = pixels(&on.spec, &photos);
         let a = on.generate(&px, &prompts).unwrap();
         let b = off.generate(&px, &prompts).unwrap();
