@@ -38,6 +38,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         BenchStage::Embed => bench_embed(args, &input, &scratch),
         BenchStage::Dedup => bench_dedup(args, &scratch),
         BenchStage::Caption => bench_caption(args, &input),
+        BenchStage::Latents => bench_latents(args, &input),
     };
     let _ = std::fs::remove_dir_all(&scratch);
     result
@@ -692,6 +693,110 @@ fn bench_caption(args: &BenchArgs, input: &Path) -> anyhow::Result<()> {
     println!(
         "peak RSS {:.0} MiB",
         peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
+/// encode-latents: preprocessing per core for both stages, then the VAE encoder.
+/// Writes `placements-<stage>.json` (file → resize and crop) next to the photos,
+/// so `pipelines/tools/bench_pillow_latents.py` times Pillow on the same work
+/// and checks it produces the same pixels (the sha256 printed here).
+fn bench_latents(args: &BenchArgs, input: &Path) -> anyhow::Result<()> {
+    use curate_vision::buckets::{self, Stage};
+    use curate_vision::preprocess::{load_rgb_for, DecodeScale};
+    use sha2::Digest;
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(input)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "jpg"))
+        .map(|e| e.into_path())
+        .collect();
+    files.sort();
+    let blobs: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
+    let n = blobs.len() as f64;
+    let limits = curate_vision::Limits::default();
+    for stage in [Stage::S256, Stage::S512] {
+        let key_of = |i: usize| format!("{i:016x}");
+        // Decode + resize + crop + to-float ([-1, 1], CHW), as encode-latents prepares a crop.
+        let prepare = |i: usize, scale: DecodeScale| -> (Vec<u8>, Vec<f32>) {
+            let key = key_of(i);
+            let l = load_rgb_for(&blobs[i], &limits, scale, &|w, h| {
+                let p = buckets::place(stage, w, h, &key, 0);
+                (p.resized_width, p.resized_height)
+            })
+            .expect("generated photos decode");
+            let p = buckets::place(stage, l.source_width, l.source_height, &key, 0);
+            let crop = buckets::resize_crop(l.rgb.as_raw(), l.rgb.width(), l.rgb.height(), &p);
+            let plane = (p.bucket_h * p.bucket_w) as usize;
+            let mut x = vec![0f32; 3 * plane];
+            for (j, px) in crop.chunks_exact(3).enumerate() {
+                for c in 0..3 {
+                    x[c * plane + j] = px[c] as f32 / 127.5 - 1.0;
+                }
+            }
+            (crop, x)
+        };
+        println!(
+            "stage {} preprocessing ({} photos, decode + resize + crop + to-float):",
+            stage.number(),
+            blobs.len()
+        );
+        for scale in [DecodeScale::Full, DecodeScale::Reduced] {
+            let t = Instant::now();
+            let mut hasher = sha2::Sha256::new();
+            for i in 0..blobs.len() {
+                let (crop, x) = prepare(i, scale);
+                hasher.update(&crop);
+                std::hint::black_box(x);
+            }
+            let one = n / t.elapsed().as_secs_f64();
+            let digest = hasher.finalize();
+            let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            println!("  --decode-scale {scale:<8?} {one:>8.1} images/s on one core; sha256 of the uint8 crops {hex}…");
+        }
+        // The placements, for the Pillow counterpart.
+        let placements: Vec<serde_json::Value> = files
+            .iter()
+            .zip(&blobs)
+            .enumerate()
+            .map(|(i, (f, b))| {
+                let info = curate_vision::inspect(b, &limits).expect("generated photos decode");
+                let p = buckets::place(stage, info.width, info.height, &key_of(i), 0);
+                serde_json::json!({
+                    "file": f.strip_prefix(input).unwrap_or(f).display().to_string(),
+                    "resize": [p.resized_width, p.resized_height],
+                    "box": [p.crop_left, p.crop_top, p.crop_left + p.bucket_w, p.crop_top + p.bucket_h],
+                })
+            })
+            .collect();
+        let path = input.join(format!("placements-{}.json", stage.number()));
+        std::fs::write(&path, serde_json::to_vec(&placements)?)?;
+    }
+    let vae_path = args.vae.clone().unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/models/flux-vae-tiny/ae.safetensors")
+    });
+    let vae = curate_gen::vae::Vae::load(&vae_path, &candle_core::Device::Cpu)?;
+    println!(
+        "VAE encoder ({}; {:?}), batch 1, f32, {} threads:",
+        vae_path.display(),
+        vae.config,
+        candle_core::utils::get_num_threads()
+    );
+    for size in [256usize, 512] {
+        let x =
+            candle_core::Tensor::randn(0f32, 0.5, (1, 3, size, size), &candle_core::Device::Cpu)?;
+        std::hint::black_box(vae.encode(&x)?.mean.sum_all()?.to_scalar::<f32>()?); // warm-up
+        let t = Instant::now();
+        for _ in 0..args.iters.max(1) {
+            std::hint::black_box(vae.encode(&x)?.mean.sum_all()?.to_scalar::<f32>()?);
+        }
+        let s = t.elapsed().as_secs_f64() / args.iters.max(1) as f64;
+        println!("  {size}²: {:.3} s/image, {:.2} images/s", s, 1.0 / s);
+    }
+    println!(
+        "peak RSS {:.2} GiB",
+        peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64
     );
     Ok(())
 }

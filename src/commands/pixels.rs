@@ -77,14 +77,64 @@ pub fn for_each_batch(
         .fixed_hw()
         .context("the model's preprocessing has no fixed output size (set crop_size or an exact size), so images cannot be batched")?;
     let tables = job.spec.tables();
+    let plane = 3 * (height * width) as usize;
+    stream_prepared(
+        path,
+        job.only.as_deref(),
+        job.batch_size,
+        pool,
+        |_, bytes| prepare(bytes, job, &tables, plane),
+        |keys, results| {
+            let n = keys.len();
+            let mut out = Prepared {
+                keys,
+                failed: Vec::with_capacity(n),
+                ok: Vec::new(),
+                pixels: Vec::with_capacity(n * plane),
+                height,
+                width,
+            };
+            for (i, r) in results.into_iter().enumerate() {
+                match r {
+                    Ok(px) => {
+                        out.ok.push(i);
+                        out.pixels.extend_from_slice(&px);
+                        out.failed.push(None);
+                    }
+                    Err(f) => out.failed.push(Some(f)),
+                }
+            }
+            consume(out)
+        },
+    )
+}
+
+/// Per image: what `prepare` made of its bytes, or (reason, message).
+pub type Outcome<T> = Result<T, (String, String)>;
+
+/// Streams the image shard at `path` in batches of `batch_size` rows,
+/// runs `prepare(key, bytes)` on every good image on `pool` (a failed upstream
+/// record becomes `source_error`; a panic, `undecodable`), and hands each
+/// batch's keys and outcomes, in input order, to `consume` through a
+/// bounded queue, so preparing the next batches overlaps consuming this one.
+/// Rows whose key is not in `only` are skipped.
+pub fn stream_prepared<T: Send>(
+    path: &Path,
+    only: Option<&std::collections::HashSet<String>>,
+    batch_size: usize,
+    pool: &rayon::ThreadPool,
+    prepare: impl Fn(&str, &[u8]) -> Outcome<T> + Sync,
+    mut consume: impl FnMut(Vec<String>, Vec<Outcome<T>>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let batches = curate_io::stream_columns(
         path,
         curate_io::images::table(),
         &["key", "status", "reason", "bytes"],
-        job.batch_size,
+        batch_size,
     )?;
+    let prepare = &prepare;
     std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::sync_channel::<Prepared>(QUEUE_DEPTH);
+        let (tx, rx) = mpsc::sync_channel::<(Vec<String>, Vec<Outcome<T>>)>(QUEUE_DEPTH);
         let producer = scope.spawn(move || -> anyhow::Result<()> {
             for batch in batches {
                 let batch = batch?;
@@ -93,14 +143,12 @@ pub fn for_each_batch(
                 let reason = batch.column(2).as_string::<i32>();
                 let bytes = batch.column(3).as_binary::<i32>();
                 let rows: Vec<usize> = (0..batch.num_rows())
-                    .filter(|&i| job.only.as_ref().is_none_or(|k| k.contains(keys.value(i))))
+                    .filter(|&i| only.is_none_or(|k| k.contains(keys.value(i))))
                     .collect();
-                let n = rows.len();
-                if n == 0 {
+                if rows.is_empty() {
                     continue;
                 }
-                let plane = 3 * (height * width) as usize;
-                let results: Vec<Result<Vec<f32>, (String, String)>> = pool.install(|| {
+                let results: Vec<Outcome<T>> = pool.install(|| {
                     rows.par_iter()
                         .map(|&i| {
                             if status.value(i) != "ok" || bytes.is_null(i) {
@@ -114,37 +162,28 @@ pub fn for_each_batch(
                                     format!("the image record failed upstream ({why})"),
                                 ));
                             }
-                            prepare(bytes.value(i), job, &tables, plane)
+                            let (k, b) = (keys.value(i), bytes.value(i));
+                            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                prepare(k, b)
+                            })) {
+                                Ok(r) => r,
+                                Err(_) => {
+                                    Err(("undecodable".into(), "the decoder panicked".into()))
+                                }
+                            }
                         })
                         .collect()
                 });
-                let mut out = Prepared {
-                    keys: rows.iter().map(|&i| keys.value(i).to_string()).collect(),
-                    failed: Vec::with_capacity(n),
-                    ok: Vec::new(),
-                    pixels: Vec::with_capacity(n * plane),
-                    height,
-                    width,
-                };
-                for (i, r) in results.into_iter().enumerate() {
-                    match r {
-                        Ok(px) => {
-                            out.ok.push(i);
-                            out.pixels.extend_from_slice(&px);
-                            out.failed.push(None);
-                        }
-                        Err(f) => out.failed.push(Some(f)),
-                    }
-                }
-                if tx.send(out).is_err() {
+                let keys = rows.iter().map(|&i| keys.value(i).to_string()).collect();
+                if tx.send((keys, results)).is_err() {
                     break; // the consumer stopped (with an error of its own)
                 }
             }
             Ok(())
         });
         let mut result = Ok(());
-        for prepared in rx.iter() {
-            if let Err(e) = consume(prepared) {
+        for (keys, outcomes) in rx.iter() {
+            if let Err(e) = consume(keys, outcomes) {
                 result = Err(e);
                 break;
             }
@@ -157,25 +196,19 @@ pub fn for_each_batch(
     })
 }
 
-/// One picture → model input, or (reason, message). A panic in a decoder is caught and recorded.
+/// One picture → model input, or (reason, message).
 fn prepare(
     bytes: &[u8],
     job: &PixelJob,
     tables: &[[f32; 256]; 3],
     plane: usize,
 ) -> Result<Vec<f32>, (String, String)> {
-    let run = || -> Result<Vec<f32>, (String, String)> {
-        let loaded = load_rgb(bytes, &job.limits, &job.spec, job.scale)
-            .map_err(|e| (e.reason().to_string(), e.to_string()))?;
-        let picture = job.spec.resize_crop(&loaded.rgb);
-        let mut out = vec![0f32; plane];
-        PixelSpec::to_chw(&picture, tables, &mut out);
-        Ok(out)
-    };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-        Ok(r) => r,
-        Err(_) => Err(("undecodable".into(), "the decoder panicked".into())),
-    }
+    let loaded = load_rgb(bytes, &job.limits, &job.spec, job.scale)
+        .map_err(|e| (e.reason().to_string(), e.to_string()))?;
+    let picture = job.spec.resize_crop(&loaded.rgb);
+    let mut out = vec![0f32; plane];
+    PixelSpec::to_chw(&picture, tables, &mut out);
+    Ok(out)
 }
 
 /// Runs the model on a prepared batch. A batch that fails is retried one

@@ -29,6 +29,16 @@ fn score_cmd(input: &Path, out: &Path) -> std::process::Command {
     c
 }
 
+impl ScoreRow {
+    pub fn is_dropped(&self) -> bool {
+        self.dropped == Some(true)
+    }
+
+    pub fn tag_of(&self) -> Option<String> {
+        self.tag.clone()
+    }
+}
+
 pub fn read_scores(stage: &Path) -> Vec<ScoreRow> {
     let table = curate_core::schema::get("scores").unwrap();
     let files = crate::common::shard_files(stage);

@@ -6,6 +6,7 @@
 //! a truncated or foreign file fails it. [`images`] converts image records.
 
 pub mod images;
+pub mod latents;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -60,6 +61,8 @@ pub enum IoError {
         column: String,
         found: String,
     },
+    #[error("{what}")]
+    Invalid { what: String },
 }
 
 /// Options for one shard file.

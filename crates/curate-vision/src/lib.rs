@@ -6,6 +6,7 @@
 
 use std::io::Cursor;
 
+pub mod buckets;
 pub mod pillow;
 pub mod preprocess;
 pub mod turbo;

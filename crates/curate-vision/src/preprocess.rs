@@ -438,8 +438,20 @@ pub fn load_rgb(
     spec: &PixelSpec,
     scale: DecodeScale,
 ) -> Result<Loaded, DecodeError> {
+    load_rgb_for(bytes, limits, scale, &|w, h| spec.resized_size(w, h))
+}
+
+/// Decodes `bytes` to upright RGB that will be resized to `target(width, height)`
+/// (of the upright source), at reduced DCT scale when allowed and the reduced
+/// picture still covers the target.
+pub fn load_rgb_for(
+    bytes: &[u8],
+    limits: &Limits,
+    scale: DecodeScale,
+    target: &dyn Fn(u32, u32) -> (u32, u32),
+) -> Result<Loaded, DecodeError> {
     if crate::detect_format(bytes)? == Format::Jpeg {
-        if let Some(loaded) = load_jpeg(bytes, limits, spec, scale)? {
+        if let Some(loaded) = load_jpeg(bytes, limits, target, scale)? {
             return Ok(loaded);
         }
     }
@@ -464,7 +476,7 @@ pub fn load_rgb(
 fn load_jpeg(
     bytes: &[u8],
     limits: &Limits,
-    spec: &PixelSpec,
+    target: &dyn Fn(u32, u32) -> (u32, u32),
     scale: DecodeScale,
 ) -> Result<Option<Loaded>, DecodeError> {
     let header = crate::inspect_header(bytes, limits)?;
@@ -472,7 +484,7 @@ fn load_jpeg(
         return Ok(None);
     }
     let (ow, oh) = (header.width, header.height); // after orientation
-    let (tw, th) = spec.resized_size(ow, oh);
+    let (tw, th) = target(ow, oh);
     let swapped = header.orientation >= 5; // orientations 5..8 transpose
     let (sw, sh) = if swapped { (oh, ow) } else { (ow, oh) };
     let (tsw, tsh) = if swapped { (th, tw) } else { (tw, th) };
