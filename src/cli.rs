@@ -54,12 +54,14 @@ pub enum Command {
     Caption(Box<CaptionArgs>),
     /// Aesthetic scores (Aesthetic Predictor V2.5 through ONNX Runtime, or a head on CLIP embeddings) into quality tags.
     Score(Box<ScoreArgs>),
-    /// Resize/crop into buckets and encode FLUX-VAE latents. [not built yet: issue #9]
-    EncodeLatents(NotBuiltArgs),
-    /// Train the oboro DiT with I-CFM on latent shards. [not built yet: issue #10]
-    Train(NotBuiltArgs),
-    /// Sample images from a trained DiT. [not built yet: issue #10]
-    Sample(NotBuiltArgs),
+    /// Select the training images, resize/crop them into buckets and encode FLUX-VAE latents.
+    EncodeLatents(Box<EncodeLatentsArgs>),
+    /// Decode latent shards back to PNGs with the VAE (to check them).
+    DecodeLatents(DecodeLatentsArgs),
+    /// Train the oboro DiT with I-CFM on latent shards (resumable checkpoints, metrics JSONL).
+    Train(Box<crate::commands::train::TrainArgs>),
+    /// Sample images from a trained DiT: Euler ODE with classifier-free guidance, VAE decode to PNG.
+    Sample(Box<crate::commands::sample::SampleArgs>),
     /// Static HTML report of a run. [not built yet: issue #6]
     Report(NotBuiltArgs),
     /// Run a pipeline file's stages in order, skipping complete ones.
@@ -77,13 +79,10 @@ pub enum Command {
 impl Command {
     /// The issue that will build a stage that is not built yet.
     pub fn not_built(&self) -> Option<(&'static str, u32)> {
-        Some(match self {
-            Command::EncodeLatents(_) => ("encode-latents", 9),
-            Command::Train(_) => ("train", 10),
-            Command::Sample(_) => ("sample", 10),
-            Command::Report(_) => ("report", 6),
-            _ => return None,
-        })
+        match self {
+            Command::Report(_) => Some(("report", 6)),
+            _ => None,
+        }
     }
 }
 
@@ -310,6 +309,10 @@ pub enum BenchStage {
     /// Dedup on synthetic unit vectors with planted near-duplicates: one exact partition
     /// (GFLOP/s of the kernel), or the partitioned rounds (--partition-size < --rows).
     Dedup,
+    /// encode-latents: the stage's preprocessing alone (decode + resize + crop + to-float, one
+    /// core; stage 256 and 512, full and reduced DCT decode), then the VAE encoder at 256² and
+    /// 512² (`--vae`, default the tiny fixture; pass real-size weights for real figures).
+    Latents,
 }
 
 #[derive(Debug, Args)]
@@ -359,6 +362,12 @@ pub struct BenchArgs {
     /// dedup: rounds at most (partitioned benchmark).
     #[arg(long, default_value_t = 20)]
     pub max_rounds: u32,
+    /// latents: VAE weights (ae.safetensors) [default: the tiny fixture].
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// latents: VAE encoder timing repetitions per size.
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
     /// dedup: also write vectors.f32 and our labels.i32 here (for fixtures/dedup/sklearn_bench.py --compare).
     #[arg(long)]
     pub write: Option<PathBuf>,
@@ -631,4 +640,115 @@ pub struct CaptionArgs {
     pub overwrite: bool,
     #[command(flatten)]
     pub shards: ShardArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LatentStore {
+    /// The posterior mean (16 channels).
+    Mean,
+    /// The mean, then the unscaled log-variance (32 channels).
+    MeanLogvar,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatentDtype {
+    Bf16,
+    F16,
+    F32,
+}
+
+#[derive(Debug, Args)]
+pub struct EncodeLatentsArgs {
+    /// Image stage directory (`fetch`/`ingest` output).
+    pub input: PathBuf,
+    /// Stage directory to write (one latent shard per image shard, row groups by bucket).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Resolution stage: 256 (short edge 256, random 256×256 crop) or 512 (~262144 px buckets).
+    #[arg(long, value_parser = ["256", "512"])]
+    pub stage: String,
+    /// FLUX VAE weights: `ae.safetensors` (Black Forest Labs' keys) or a diffusers
+    /// AutoencoderKL (`diffusion_pytorch_model.safetensors`, or its folder).
+    #[arg(long)]
+    pub vae: PathBuf,
+    /// Only images a dedup stage kept (its keep.parquet).
+    #[arg(long, value_name = "DEDUP_DIR")]
+    pub keep: Option<PathBuf>,
+    /// Only images a score stage scored and did not drop; their score and quality tag are joined.
+    #[arg(long, value_name = "SCORE_DIR")]
+    pub scores: Option<PathBuf>,
+    /// Caption stage(s) whose captions are joined (repeat the flag for several).
+    #[arg(long, value_name = "CAPTION_DIR")]
+    pub captions: Vec<PathBuf>,
+    /// Weights of the caption tasks when an image has several, e.g.
+    /// `caption=1,detailed=2,more-detailed=1` (0 never picks a task). The pick is seeded by key.
+    #[arg(long, default_value = "caption=1,detailed=1,more-detailed=1")]
+    pub caption_mix: String,
+    /// Leave the quality tag out of the training text (by default it is `caption, tag`).
+    #[arg(long)]
+    pub no_tag: bool,
+    /// Only images that have a caption (by default an image without one gets a null caption).
+    #[arg(long)]
+    pub require_caption: bool,
+    /// What to store: the posterior mean, or the mean and the log-variance.
+    #[arg(long, value_enum, default_value = "mean")]
+    pub store: LatentStore,
+    /// Storage dtype of the latents (compute is f32).
+    #[arg(long, value_enum, default_value = "bf16")]
+    pub dtype: LatentDtype,
+    /// candle device for the VAE: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Images per VAE call (images of one bucket).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// Rows per row group of the output (each row group is one bucket).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rows_per_group: u32,
+    /// Seed of the crop positions and caption choices (each is a pure function of seed and key).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Largest allowed upscale; images needing more are recorded as `too_small`.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_upscale: f64,
+    /// Image decoding threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub decode_threads: usize,
+    /// JPEG decoding: `reduced` (DCT scaling while the picture still covers the resize target) or `full`.
+    #[arg(long, default_value = "reduced")]
+    pub decode_scale: curate_vision::preprocess::DecodeScale,
+    /// Largest width × height decoded; larger images are recorded as `too_large`.
+    #[arg(long, default_value_t = 178_956_970)]
+    pub max_pixels: u64,
+    /// Model id stored in the metadata [default: the weight file's name].
+    #[arg(long)]
+    pub vae_id: Option<String>,
+    /// Discard this directory's previous output if it was made with another configuration.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub shards: ShardArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DecodeLatentsArgs {
+    /// Latent stage directory (`encode-latents` output).
+    pub input: PathBuf,
+    /// Folder for the PNGs (`<key>.png`).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// FLUX VAE weights (as for encode-latents).
+    #[arg(long)]
+    pub vae: PathBuf,
+    /// Only these keys (comma-separated) [default: the first --limit ok rows].
+    #[arg(long, value_delimiter = ',')]
+    pub keys: Vec<String>,
+    /// Most images decoded.
+    #[arg(long, default_value_t = 16)]
+    pub limit: usize,
+    /// candle device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }

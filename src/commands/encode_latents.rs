@@ -677,6 +677,9 @@ impl ShardWork {
         bucket: (u32, u32),
         batch: Vec<(String, Crop)>,
     ) -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let crops: Vec<&Crop> = batch.iter().map(|(_, c)| c).collect();
         let latents = encoder.encode(&crops)?;
         for ((key, crop), latent) in batch.into_iter().zip(latents) {

@@ -5,15 +5,18 @@ pub mod caption;
 pub mod dedup;
 mod doctor;
 pub mod embed;
+pub mod encode_latents;
 pub mod fetch;
 pub mod ingest;
 pub mod pixels;
 pub mod run;
+pub mod sample;
 pub mod score;
 mod setup;
 pub mod shared;
 pub mod slurm;
 mod status;
+pub mod train;
 
 use anyhow::bail;
 
@@ -41,11 +44,15 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Dedup(args) => dedup::run(&args).map(|_| ()),
         Command::Score(args) => score::run(&args).map(|_| ()),
         Command::Caption(args) => caption::run(&args).map(|_| ()),
+        Command::EncodeLatents(args) => encode_latents::run(&args).map(|_| ()),
+        Command::DecodeLatents(args) => encode_latents::decode(&args),
+        Command::Train(args) => train::run(&args).map(|_| ()),
+        Command::Sample(args) => sample::run(&args).map(|_| ()),
         Command::Run(args) => run::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Doctor(args) => doctor::run(&args),
         Command::Setup(args) => setup::run(&args),
         Command::Bench(args) => bench::run(&args),
-        _ => unreachable!("not-built stages handled above"),
+        Command::Report(_) => unreachable!("not-built stages handled above"),
     }
 }

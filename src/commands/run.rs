@@ -182,6 +182,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                     | Command::Dedup(_)
                     | Command::Score(_)
                     | Command::Caption(_)
+                    | Command::EncodeLatents(_)
+                    | Command::Train(_)
+                    | Command::Sample(_)
             ) {
                 bail!("stage `{name}`: `{}` is not a pipeline stage", stage.run);
             }
@@ -198,7 +201,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             );
             previous_job = Some(sub.job_id.clone());
             jobs.push(sub.job_id);
-            submitted.push((name, out));
+            // train and sample keep no shard journal: their outputs are checked instead.
+            let sharded = !matches!(cli.command, Command::Train(_) | Command::Sample(_));
+            submitted.push((name, out, sharded));
             continue;
         }
         let t = Instant::now();
@@ -209,6 +214,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             Command::Dedup(a) => super::dedup::run(a),
             Command::Score(a) => super::score::run(a),
             Command::Caption(a) => super::caption::run(a),
+            Command::EncodeLatents(a) => super::encode_latents::run(a),
+            Command::Train(a) => super::train::run_stage(a),
+            Command::Sample(a) => super::sample::run_stage(a),
             _ => bail!("stage `{name}`: `{}` is not a pipeline stage", stage.run),
         }
         .with_context(|| format!("stage `{name}` ({})", stage.run))?;
@@ -242,7 +250,18 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
         super::slurm::wait(&jobs, std::time::Duration::from_secs(24 * 3600))?;
         let mut problems = Vec::new();
-        for (name, out) in &submitted {
+        for (name, out, sharded) in &submitted {
+            if !sharded {
+                let wrote = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
+                if !wrote {
+                    problems.push(format!(
+                        "stage `{name}` wrote nothing into {}; see {}",
+                        out.display(),
+                        super::slurm::slurm_dir(&work).join("logs").display()
+                    ));
+                }
+                continue;
+            }
             let (manifest, journal) =
                 curate_core::stage::StageDir::inspect(out)?.with_context(|| {
                     format!(

@@ -7,6 +7,8 @@ mod dedup;
 mod embed;
 mod fetch;
 mod ingest;
+mod latents;
 mod resume;
 mod score;
 mod slurm;
+mod train;

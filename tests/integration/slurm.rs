@@ -130,6 +130,15 @@ fn demo_pipeline_on_slurm_equals_the_local_run() {
         scores(&cluster_dir.join("score")),
         scores(&local.join("score"))
     );
+    // encode-latents (2 tasks): the same rows, bytes and crops.
+    for stage in ["latents-256", "latents-512"] {
+        let (a, b) = (
+            crate::latents::read_latents(&cluster_dir.join(stage)),
+            crate::latents::read_latents(&local.join(stage)),
+        );
+        assert!(!a.is_empty());
+        assert_eq!(a, b, "stage {stage}");
+    }
 }
 
 #[test]

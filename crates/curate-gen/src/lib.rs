@@ -1,6 +1,18 @@
-//! candle models for curate: the FLUX VAE, the T5 text encoder, the oboro
-//! DiT, its I-CFM trainer and sampler (issues 9 and 10). Today: the candle
-//! devices this build can use, for `curate doctor`.
+//! candle models for curate: the FLUX VAE (issue #9), the T5 text encoder,
+//! the oboro DiT, its I-CFM trainer and sampler (issue #10), and the candle
+//! devices this build can use.
+
+mod error;
+pub use error::{GenError, Result};
+
+pub mod cfm;
+pub mod dit;
+pub mod optim;
+pub mod rng;
+pub mod sample;
+pub mod t5;
+pub mod train;
+pub mod vae;
 
 /// A candle device this build can use.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +45,29 @@ pub fn devices() -> Vec<DeviceInfo> {
         }
     }
     out
+}
+
+/// The candle device named `cpu`, `cuda` or `cuda:N`; CUDA in a build
+/// without the `cuda` feature is an error, never a silent CPU fallback.
+pub fn device(name: &str) -> Result<candle_core::Device> {
+    let cuda = match name {
+        "cpu" => return Ok(candle_core::Device::Cpu),
+        "cuda" => Some(0),
+        _ => name
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok()),
+    };
+    let Some(ordinal) = cuda else {
+        return Err(GenError::Config(format!(
+            "device `{name}`: expected cpu, cuda or cuda:N"
+        )));
+    };
+    if !cuda_compiled() {
+        return Err(GenError::Config(format!(
+            "device `{name}`: this curate was built without CUDA for candle (rebuild with `--features cuda`)"
+        )));
+    }
+    Ok(candle_core::Device::new_cuda(ordinal)?)
 }
 
 /// Whether this build was compiled with CUDA support for candle.

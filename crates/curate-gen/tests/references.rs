@@ -1,0 +1,266 @@
+//! curate-gen against recorded references: I-CFM against torchcfm
+//! (fixtures/gen/cfm_reference.json) and the T5 encoder against
+//! transformers' T5EncoderModel (fixtures/gen/t5-tiny); the DiT's head
+//! schedule read back from the built model.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use curate_gen::cfm::{cpu_tensor, CfmDraws, FlowMatcher};
+use curate_gen::dit::{Dit, DitConfig};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn max_abs_diff(a: &Tensor, b: &[f32]) -> f32 {
+    let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn icfm_matches_torchcfm_for_the_same_draws() {
+    let text = std::fs::read_to_string(repo().join("fixtures/gen/cfm_reference.json")).unwrap();
+    let r: Value = serde_json::from_str(&text).unwrap();
+    for case in r["cases"].as_array().unwrap() {
+        let shape: Vec<usize> = case["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        let sigma = case["sigma"].as_f64().unwrap();
+        let x1 = cpu_tensor(&floats(&case["x1"]), &shape).unwrap();
+        let draws = CfmDraws {
+            t: cpu_tensor(&floats(&case["t"]), &shape[..1]).unwrap(),
+            x0: cpu_tensor(&floats(&case["x0"]), &shape).unwrap(),
+            eps: cpu_tensor(&floats(&case["eps"]), &shape).unwrap(),
+        };
+        let (xt, ut) = FlowMatcher::new(sigma)
+            .location_and_flow(&x1, &draws)
+            .unwrap();
+        let dx = max_abs_diff(&xt, &floats(&case["xt"]));
+        let du = max_abs_diff(&ut, &floats(&case["ut"]));
+        assert!(
+            dx < 1e-6 && du < 1e-6,
+            "sigma {sigma}: x_t off by {dx}, u_t by {du}"
+        );
+    }
+}
+
+#[test]
+fn icfm_draws_are_reproducible_from_the_rng_state() {
+    let x1 = Tensor::ones((2, 16, 2, 2), DType::F32, &Device::Cpu).unwrap();
+    let fm = FlowMatcher::new(0.1);
+    let mut a = curate_gen::rng::Rng::new(3);
+    let mut b = curate_gen::rng::Rng::from_state(a.state());
+    let (da, db) = (fm.draw(&mut a, &x1).unwrap(), fm.draw(&mut b, &x1).unwrap());
+    let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(v(&da.t), v(&db.t));
+    assert_eq!(v(&da.eps), v(&db.eps));
+    let t = v(&da.t);
+    assert!(t.iter().all(|&t| (0.0..1.0).contains(&t)));
+}
+
+#[test]
+fn t5_encoder_matches_transformers() {
+    let dir = repo().join("fixtures/gen/t5-tiny");
+    let enc = curate_gen::t5::T5Encoder::load(&dir, &Device::Cpu).unwrap();
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let texts: Vec<&str> = r["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let max = r["max_length"].as_u64().unwrap() as usize;
+    let ids_ref: Vec<Vec<u32>> = r["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect();
+    for (t, want) in texts.iter().zip(&ids_ref) {
+        let got = enc.tokenize(t, max).unwrap();
+        let want: Vec<u32> = want.iter().copied().take_while(|&i| i != 0).collect();
+        assert_eq!(got, want, "{t:?}");
+    }
+    let (hs, mask) = enc.encode(&texts, max).unwrap();
+    let shape: Vec<usize> = r["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(hs.dims(), shape.as_slice());
+    let want = floats(&r["last_hidden_state"]);
+    let got: Vec<f32> = hs.flatten_all().unwrap().to_vec1().unwrap();
+    let m: Vec<f32> = mask.flatten_all().unwrap().to_vec1().unwrap();
+    let d = shape[2];
+    let mut worst = 0f32;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        if m[i / d] > 0.0 {
+            worst = worst.max((g - w).abs() / (1.0 + w.abs()));
+        }
+    }
+    assert!(
+        worst < 1e-4,
+        "T5 hidden states differ from transformers by {worst} (relative)"
+    );
+    // The per-caption cache gives the same rows as the padded batch.
+    let mut cache = curate_gen::t5::TextCache::default();
+    let (hc, mc) = cache.batch(&enc, &texts, max).unwrap();
+    let diff = (hc.broadcast_mul(&mc.unsqueeze(2).unwrap()).unwrap()
+        - hs.broadcast_mul(&mask.unsqueeze(2).unwrap()).unwrap())
+    .unwrap()
+    .abs()
+    .unwrap()
+    .max_all()
+    .unwrap()
+    .to_scalar::<f32>()
+    .unwrap();
+    assert!(diff < 1e-5, "cache differs by {diff}");
+}
+
+fn tiny() -> DitConfig {
+    curate_gen::dit::load_config(&repo().join("pipelines/configs/dit-tiny.json")).unwrap()
+}
+
+#[test]
+fn per_block_head_counts_follow_the_schedule() {
+    let cfg = tiny();
+    let vm = VarMap::new();
+    let model = Dit::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    assert_eq!(model.block_heads(), vec![8, 16, 24, 48]);
+    let report =
+        curate_gen::dit::load_config(&repo().join("pipelines/configs/dit-report.json")).unwrap();
+    let heads = report.head_counts().unwrap();
+    assert_eq!(heads.len(), 32);
+    assert_eq!(&heads[..8], &[8; 8]);
+    assert_eq!(&heads[8..16], &[16; 8]);
+    assert_eq!(&heads[16..24], &[24; 8]);
+    assert_eq!(&heads[24..], &[48; 8]);
+    // An 8-block model with the same four groups: two blocks per group.
+    let eight = DitConfig {
+        depth: 8,
+        ..cfg.clone()
+    };
+    let vm = VarMap::new();
+    let m8 = Dit::new(
+        &eight,
+        VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    assert_eq!(m8.block_heads(), vec![8, 8, 16, 16, 24, 24, 48, 48]);
+}
+
+#[test]
+fn bad_head_schedules_are_refused_naming_block_width_and_heads() {
+    let cfg = DitConfig {
+        hidden_size: 96,
+        ..tiny()
+    };
+    let err = Dit::new(
+        &cfg,
+        VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("block 1") && err.contains("width 96") && err.contains("16 heads"),
+        "{err}"
+    );
+    let cfg = DitConfig {
+        heads: vec![8, 16, 24],
+        ..tiny()
+    };
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("3 groups") && err.contains("depth 4"), "{err}");
+}
+
+#[test]
+fn forward_shapes_and_text_padding_is_masked() {
+    let cfg = tiny();
+    let dev = Device::Cpu;
+    let tr = curate_gen::train::Trainable::new(&cfg, 1, &dev).unwrap();
+    // Give every zero-initialised parameter a value so the output depends on the input.
+    let mut rng = curate_gen::rng::Rng::new(5);
+    for v in tr.vars.values() {
+        let n = v.elem_count();
+        let noise = Tensor::from_vec(rng.normals_f32(n), v.dims(), &dev).unwrap();
+        v.set(&(v.as_tensor() + (noise * 0.05).unwrap()).unwrap())
+            .unwrap();
+    }
+    let x = Tensor::from_vec(rng.normals_f32(2 * 16 * 4 * 6), (2, 16, 4, 6), &dev).unwrap();
+    let t = Tensor::new(&[0.3f32, 0.7], &dev).unwrap();
+    let text = Tensor::from_vec(rng.normals_f32(2 * 5 * 32), (2, 5, 32), &dev).unwrap();
+    let mask = Tensor::new(&[[1f32, 1., 1., 0., 0.], [1., 1., 1., 1., 1.]], &dev).unwrap();
+    let out = tr.model.forward(&x, &t, &text, &mask).unwrap();
+    assert_eq!(out.dims(), &[2, 16, 4, 6]);
+    // Changing padded text tokens of row 0 does not change its output.
+    let text2 = text
+        .slice_assign(
+            &[0..1, 3..5, 0..32],
+            &Tensor::ones((1, 2, 32), DType::F32, &dev).unwrap(),
+        )
+        .unwrap();
+    let out2 = tr.model.forward(&x, &t, &text2, &mask).unwrap();
+    let d0 = (out.get(0).unwrap() - out2.get(0).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d0 < 1e-5, "padding leaked into the output: {d0}");
+    // Truncating the padding gives the same output too.
+    let out3 = tr
+        .model
+        .forward(
+            &x.narrow(0, 0, 1).unwrap(),
+            &t.narrow(0, 0, 1).unwrap(),
+            &text.narrow(0, 0, 1).unwrap().narrow(1, 0, 3).unwrap(),
+            &mask.narrow(0, 0, 1).unwrap().narrow(1, 0, 3).unwrap(),
+        )
+        .unwrap();
+    let d = (out.get(0).unwrap() - out3.get(0).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-4, "padding changes the output by {d}");
+    // Patchify is a bijection.
+    let p = curate_gen::dit::patchify(&x, 2).unwrap();
+    assert_eq!(p.dims(), &[2, 6, 64]);
+    let back = curate_gen::dit::unpatchify(&p, 16, 2, 3, 2).unwrap();
+    assert_eq!(
+        back.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        x.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+}

@@ -1,0 +1,201 @@
+//! `curate train` and `curate sample` end to end (issue #10): the real
+//! process SIGKILLed right after a checkpoint at a randomly chosen step, then
+//! `--resume`d, writes the same losses as an uninterrupted run, bit for bit;
+//! sampling writes PNGs through the (tiny) FLUX VAE.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use curate_gen::rng::Rng;
+use curate_gen::train::data::{write_latent_stage, LatentRow};
+
+use crate::common::*;
+use crate::resume::wait_for_line;
+
+const CAPTIONS: [&str; 4] = [
+    "a red square on a blue background",
+    "a green circle, high quality",
+    "two yellow stripes",
+    "a dark night sky with stars, low quality",
+];
+
+fn stage(dir: &Path) {
+    let mut rng = Rng::new(11);
+    let rows: Vec<LatentRow> = (0..6)
+        .map(|i| LatentRow {
+            key: format!("k{i}"),
+            caption: (i != 5).then(|| CAPTIONS[i % 4].to_string()),
+            latent: Some((rng.normals_f32(16 * 8 * 8), [16, 8, 8])),
+        })
+        .collect();
+    write_latent_stage(dir, &rows, 4).unwrap();
+}
+
+fn train_cmd(stage: &Path, out: &Path, extra: &[&str]) -> std::process::Command {
+    let mut c = curate();
+    c.arg("train")
+        .arg(stage)
+        .arg("-o")
+        .arg(out)
+        .arg("--config")
+        .arg(repo().join("pipelines/configs/dit-tiny.json"))
+        .arg("--text-encoder")
+        .arg(repo().join("fixtures/gen/t5-tiny"))
+        .args([
+            "--steps",
+            "12",
+            "--checkpoint-every",
+            "3",
+            "--seed",
+            "5",
+            "--batch-size",
+            "3",
+        ])
+        .args(extra);
+    c
+}
+
+fn losses(out: &Path) -> Vec<(u64, u32)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["step"].as_u64().unwrap(),
+                (v["loss"].as_f64().unwrap() as f32).to_bits(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn sigkill_after_a_checkpoint_then_resume_repeats_the_losses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = tmp.path().join("latents");
+    stage(&st);
+    let reference = tmp.path().join("reference");
+    let r = run(&mut train_cmd(&st, &reference, &[]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let want = losses(&reference);
+    assert_eq!(want.len(), 12);
+
+    // The step to die at: a random checkpoint (3, 6 or 9), named in the output.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let kill_at = 3 * (1 + nanos as u64 % 3);
+    eprintln!("killing after the checkpoint of step {kill_at}");
+    let killed = tmp.path().join("killed");
+    let mut child = train_cmd(&st, &killed, &[])
+        .env("CURATE_TEST_STALL_AFTER_CHECKPOINT", kill_at.to_string())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut child, "stalled after");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(losses(&killed).len() as u64, kill_at);
+
+    let r = run(&mut train_cmd(&st, &killed, &[]));
+    assert_ne!(r.code, 0, "a second run without --resume must refuse");
+    assert!(r.stderr.contains("--resume"), "{}", r.stderr);
+    let r = run(&mut train_cmd(&st, &killed, &["--resume"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        losses(&killed),
+        want,
+        "resumed losses differ from the uninterrupted run"
+    );
+}
+
+#[test]
+fn sample_writes_pngs_for_every_prompt_and_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = tmp.path().join("latents");
+    stage(&st);
+    let out = tmp.path().join("run");
+    let r = run(&mut train_cmd(&st, &out, &[]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let samples = tmp.path().join("samples");
+    let vae: PathBuf = repo().join("fixtures/models/flux-vae-tiny/ae.safetensors");
+    let r = run(curate()
+        .arg("sample")
+        .arg("--checkpoint")
+        .arg(&out)
+        .args([
+            "--prompt",
+            CAPTIONS[0],
+            "--prompt",
+            CAPTIONS[2],
+            "--seed",
+            "1",
+            "--seed",
+            "2",
+        ])
+        .args([
+            "--image-size",
+            "64x96",
+            "--cfg-scale",
+            "5.0",
+            "--steps",
+            "4",
+            "--shift",
+            "3.0",
+        ])
+        .arg("--text-encoder")
+        .arg(repo().join("fixtures/gen/t5-tiny"))
+        .arg("--vae")
+        .arg(&vae)
+        .arg("--save-latents")
+        .arg("-o")
+        .arg(&samples));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for name in [
+        "sample-000-s1",
+        "sample-000-s2",
+        "sample-001-s1",
+        "sample-001-s2",
+    ] {
+        let img = image::open(samples.join(format!("{name}.png"))).unwrap();
+        assert_eq!((img.width(), img.height()), (96, 64), "{name}");
+        assert!(samples.join(format!("{name}.safetensors")).exists());
+    }
+    // Different seeds, different images.
+    let a = std::fs::read(samples.join("sample-000-s1.png")).unwrap();
+    let b = std::fs::read(samples.join("sample-000-s2.png")).unwrap();
+    assert_ne!(a, b);
+}
+
+#[test]
+fn bad_head_schedule_is_refused_at_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = tmp.path().join("latents");
+    stage(&st);
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("pipelines/configs/dit-tiny.json")).unwrap(),
+    )
+    .unwrap();
+    cfg["model"]["hidden_size"] = 96.into();
+    let path = tmp.path().join("bad.json");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let r = run(curate()
+        .arg("train")
+        .arg(&st)
+        .arg("-o")
+        .arg(tmp.path().join("out"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--text-encoder")
+        .arg(repo().join("fixtures/gen/t5-tiny"))
+        .args(["--steps", "2"]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("block 1")
+            && r.stderr.contains("width 96")
+            && r.stderr.contains("16 heads"),
+        "{}",
+        r.stderr
+    );
+}
