@@ -143,8 +143,13 @@ fn open_stage(
         num_shards: 1,
     };
     let (stage, opened) = StageDir::open(output, &spec, overwrite)?;
+    // Only an overwrite discards the shared state. A fresh manifest does not:
+    // with several Slurm tasks, the one that created the manifest may get
+    // here after another task (which found it, "resumed") started writing
+    // state/, and removing it then loses that task's files. A state left by
+    // other settings is rewritten by `prepare` (it compares info.json).
     let state = output.join("state");
-    if opened != Opened::Resumed && state.exists() {
+    if opened == Opened::Overwritten && state.exists() {
         std::fs::remove_dir_all(&state).with_context(|| format!("removing {}", state.display()))?;
     }
     Ok((stage, upstream))
@@ -432,8 +437,18 @@ fn run_local(
         return Ok(summary);
     }
     let settings = settings_of(args)?;
-    let points = prepare(&stage, input, args)?;
     let state = State::new(&stage.dir().join("state"))?;
+    let shared = |e: anyhow::Error| {
+        // Tell the other tasks (they would otherwise wait for this one's
+        // partitions until the job's time limit).
+        if split.count > 1 && e.downcast_ref::<curate_dedup::DedupError>().is_none_or(|d| {
+            !matches!(d, curate_dedup::DedupError::PeerFailed { .. })
+        }) {
+            state.mark_failed(split.index, &format!("{e:#}"));
+        }
+        e
+    };
+    let points = prepare(&stage, input, args).map_err(shared)?;
     let mut reporter = Reporter {
         progress: Progress::new("dedup partitions", 0),
     };
@@ -442,7 +457,8 @@ fn run_local(
         count: split.count,
         poll: std::time::Duration::from_secs(2),
     };
-    let (outcome, history) = driver::run_shared(&points, &settings, &state, &mut reporter, share)?;
+    let (outcome, history) = driver::run_shared(&points, &settings, &state, &mut reporter, share)
+        .map_err(|e| shared(e.into()))?;
     reporter.progress.finish();
     if split.index != 0 {
         tracing::info!(

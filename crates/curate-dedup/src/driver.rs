@@ -430,6 +430,33 @@ impl State {
     pub fn merged_path(&self, round: u32) -> PathBuf {
         self.round_dir(round).join("merged.json")
     }
+    /// Written by a cooperating task that stopped with an error, so that the
+    /// others stop waiting for its partitions; removed when it starts again.
+    pub fn failed_path(&self, task: u32) -> PathBuf {
+        self.dir.join(format!("failed-task-{task}.txt"))
+    }
+
+    /// Records that task `task` stopped with `message` (best effort: the
+    /// task is already failing).
+    pub fn mark_failed(&self, task: u32, message: &str) {
+        let _ = std::fs::create_dir_all(&self.dir);
+        let _ = std::fs::write(self.failed_path(task), message);
+    }
+
+    /// The first other task that recorded a failure, if any.
+    fn failed_peer(&self, share: &Share) -> Option<DedupError> {
+        (0..share.count.max(1))
+            .filter(|&t| t != share.index)
+            .find_map(|t| {
+                let path = self.failed_path(t);
+                let message = std::fs::read_to_string(&path).ok()?;
+                Some(DedupError::PeerFailed {
+                    task: t,
+                    path,
+                    message: message.trim().to_string(),
+                })
+            })
+    }
 
     pub fn read<T: for<'de> Deserialize<'de>>(&self, path: &Path) -> Result<Option<T>, DedupError> {
         match std::fs::read(path) {
@@ -528,6 +555,10 @@ pub fn run_shared(
     share: Share,
 ) -> Result<(Outcome, Vec<Vec<PartResult>>), DedupError> {
     let count = share.count.max(1);
+    if count > 1 {
+        // A resubmitted task clears the failure it recorded last time.
+        let _ = std::fs::remove_file(state.failed_path(share.index));
+    }
     let mut alive: Vec<u32> = (0..points.keys.len() as u32).collect();
     let mut outcome = Outcome {
         rounds: Vec::new(),
@@ -575,6 +606,9 @@ pub fn run_shared(
             }
             if missing.is_empty() {
                 break;
+            }
+            if let Some(e) = state.failed_peer(&share) {
+                return Err(e);
             }
             observer.waiting(round, &missing, waited);
             std::thread::sleep(share.poll);

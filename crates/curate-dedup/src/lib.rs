@@ -42,4 +42,10 @@ pub enum DedupError {
     },
     #[error("invalid setting `{name}`: {message}")]
     Setting { name: &'static str, message: String },
+    #[error("task {task} of the shared dedup failed ({path}): {message}; rerun it, then this one")]
+    PeerFailed {
+        task: u32,
+        path: std::path::PathBuf,
+        message: String,
+    },
 }

@@ -322,3 +322,70 @@ fn representatives_do_not_depend_on_partitioning_and_first_is_lowest() {
         assert!(rows.iter().any(|r| !r.kept));
     }
 }
+
+/// Cooperating tasks: one that failed leaves a marker, and a task waiting for
+/// its partitions stops with an error naming it instead of waiting forever;
+/// once the failed task is rerun (it clears its marker), both finish alike.
+#[test]
+fn a_waiting_task_stops_when_another_task_failed() {
+    let (x, _) = planted(400, 32, 11);
+    let p = points(x);
+    let s = settings(Rule::Random, 100);
+    let tmp = std::env::temp_dir().join(format!("dedup-peer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let state = State::new(&tmp).unwrap();
+    let share = |index| driver::Share {
+        index,
+        count: 2,
+        poll: std::time::Duration::from_millis(1),
+    };
+    state.mark_failed(1, "error: disk full");
+    let err = driver::run_shared(&p, &s, &state, &mut (), share(0)).unwrap_err();
+    match &err {
+        curate_dedup::DedupError::PeerFailed { task, message, .. } => {
+            assert_eq!((*task, message.as_str()), (1, "error: disk full"));
+        }
+        other => panic!("{other}"),
+    }
+    // Task 1 reruns: it clears its marker and writes its partitions; then
+    // task 0 (rerun) finds them, and both reach the same result.
+    let (started, running) = std::sync::mpsc::channel();
+    let t1 = std::thread::scope(|sc| {
+        let h = sc.spawn(|| {
+            let mut signal = Signal(Some(started));
+            driver::run_shared(&p, &s, &state, &mut signal, share(1)).unwrap()
+        });
+        // Task 0 starts once task 1 has done a partition (so it cleared its marker).
+        running.recv().unwrap();
+        let t0 = driver::run_shared(&p, &s, &state, &mut (), share(0)).unwrap();
+        let t1 = h.join().unwrap();
+        assert_eq!(t0.0.rounds.len(), t1.0.rounds.len());
+        t1
+    });
+    assert!(!state.failed_path(1).exists());
+    let alone = tempfile_dir("dedup-peer-alone");
+    let single = driver::run_all(&p, &s, &State::new(&alone).unwrap(), &mut ()).unwrap();
+    assert_eq!(
+        driver::finish(&p, &t1.1).iter().map(|r| r.representative).collect::<Vec<_>>(),
+        driver::finish(&p, &single.1).iter().map(|r| r.representative).collect::<Vec<_>>()
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::remove_dir_all(&alone).unwrap();
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Sends once, after the first partition is done.
+struct Signal(Option<std::sync::mpsc::Sender<()>>);
+
+impl driver::Observer for Signal {
+    fn part_done(&mut self, _round: u32, _part: u32, _parts: usize, _reused: bool) {
+        if let Some(tx) = self.0.take() {
+            tx.send(()).unwrap();
+        }
+    }
+}
