@@ -62,8 +62,8 @@ pub enum Command {
     Train(Box<crate::commands::train::TrainArgs>),
     /// Sample images from a trained DiT: Euler ODE with classifier-free guidance, VAE decode to PNG.
     Sample(Box<crate::commands::sample::SampleArgs>),
-    /// Static HTML report of a run. [not built yet: issue #6]
-    Report(NotBuiltArgs),
+    /// Static HTML report of a run: stage statistics, dedup clusters with thumbnails, charts (works offline).
+    Report(ReportArgs),
     /// Run a pipeline file's stages in order, skipping complete ones.
     Run(RunArgs),
     /// Per-stage progress of a work directory, from the manifests.
@@ -74,22 +74,6 @@ pub enum Command {
     Setup(SetupArgs),
     /// Throughput (images/s) and peak memory of a stage on generated photos.
     Bench(BenchArgs),
-}
-
-impl Command {
-    /// The issue that will build a stage that is not built yet.
-    pub fn not_built(&self) -> Option<(&'static str, u32)> {
-        match self {
-            Command::Report(_) => Some(("report", 6)),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct NotBuiltArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub args: Vec<String>,
 }
 
 /// Which shards this process writes.
@@ -276,6 +260,34 @@ pub struct StatusArgs {
     /// Also check each complete shard's parquet footer.
     #[arg(long)]
     pub verify: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A work directory (holding stage directories) or one stage directory.
+    pub dir: PathBuf,
+    /// Output folder [default: DIR/report; for a stage directory, <stage>-report beside it].
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+    /// Clusters per cluster page.
+    #[arg(long, default_value_t = 50)]
+    pub page_size: usize,
+    /// Clusters shown in each order (largest first, lowest similarity first); the rest are counted.
+    #[arg(long, default_value_t = 5000)]
+    pub max_clusters: usize,
+    /// Members shown per cluster (a longer chain says how many more it has).
+    #[arg(long, default_value_t = 500)]
+    pub max_members: usize,
+    /// Longer side of the thumbnails in pixels (small JPEGs, made once and reused by reruns).
+    #[arg(long, default_value_t = 160)]
+    pub thumb_size: u32,
+    /// Thresholds of the dedup eps sweep (the run's eps is added).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.8,0.85,0.9,0.92,0.95,0.97,0.98,0.99"
+    )]
+    pub eps_sweep: Vec<f64>,
 }
 
 #[derive(Debug, Args)]

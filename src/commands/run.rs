@@ -156,9 +156,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 e.to_string().trim_end()
             )
         })?;
-        if let Some((cmd, issue)) = cli.command.not_built() {
-            bail!("stage `{name}`: `curate {cmd}` is not built yet (issue #{issue})");
-        }
         if args.dry_run {
             let res = stage.slurm.or(&file.pipeline.slurm);
             println!(

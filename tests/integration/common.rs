@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use curate_core::record::ImageRecord;
 use curate_core::stage::StageDir;
@@ -49,6 +50,38 @@ pub fn run(cmd: &mut Command) -> Run {
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
+}
+
+/// The demo pipeline (`pipelines/demo.toml`), run once per test process and
+/// shared by the tests that check its outputs (cli, slurm, report): a full
+/// run embeds, dedups, captions, encodes latents, trains and samples, which
+/// takes minutes on CI's two cores. `first` is that run's output.
+pub struct Demo {
+    pub work: PathBuf,
+    pub first: Run,
+}
+
+pub fn demo() -> &'static Demo {
+    static DEMO: OnceLock<Demo> = OnceLock::new();
+    DEMO.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shared-demo");
+        let _ = std::fs::remove_dir_all(&root);
+        let work = root.join("demo");
+        let first = run(curate()
+            .arg("run")
+            .arg(repo().join("pipelines/demo.toml"))
+            .arg("--work-dir")
+            .arg(&work));
+        assert_eq!(first.code, 0, "{}", first.stderr);
+        Demo { work, first }
+    })
+}
+
+/// Held by a test that runs a command writing into the shared demo's work
+/// directory (a rerun, a report), so that no other test sees it half way.
+pub fn demo_exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs `curate ingest INPUT -o OUT ARGS…` and insists on exit 0.

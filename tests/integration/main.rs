@@ -8,6 +8,7 @@ mod embed;
 mod fetch;
 mod ingest;
 mod latents;
+mod report;
 mod resume;
 mod score;
 mod slurm;

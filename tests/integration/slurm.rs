@@ -64,13 +64,7 @@ fn demo_pipeline_on_slurm_equals_the_local_run() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let pipeline = repo().join("pipelines/demo.toml");
-    let local = tmp.path().join("local");
-    let r = run(curate()
-        .arg("run")
-        .arg(&pipeline)
-        .arg("--work-dir")
-        .arg(&local));
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let local = &demo().work;
     let cluster_dir = tmp.path().join("slurm");
     let r = run(curate()
         .arg("run")
