@@ -718,7 +718,7 @@ fn bench_latents(args: &BenchArgs, input: &Path) -> anyhow::Result<()> {
     for stage in [Stage::S256, Stage::S512] {
         let key_of = |i: usize| format!("{i:016x}");
         // Decode + resize + crop + to-float ([-1, 1], CHW), as encode-latents prepares a crop.
-        let prepare = |i: usize, scale: DecodeScale| -> (Vec<u8>, Vec<f32>) {
+        let prepare = |i: usize, scale: DecodeScale| -> (Vec<u8>, candle_core::Tensor) {
             let key = key_of(i);
             let l = load_rgb_for(&blobs[i], &limits, scale, &|w, h| {
                 let p = buckets::place(stage, w, h, &key, 0);
@@ -727,13 +727,14 @@ fn bench_latents(args: &BenchArgs, input: &Path) -> anyhow::Result<()> {
             .expect("generated photos decode");
             let p = buckets::place(stage, l.source_width, l.source_height, &key, 0);
             let crop = buckets::resize_crop(l.rgb.as_raw(), l.rgb.width(), l.rgb.height(), &p);
-            let plane = (p.bucket_h * p.bucket_w) as usize;
-            let mut x = vec![0f32; 3 * plane];
-            for (j, px) in crop.chunks_exact(3).enumerate() {
-                for c in 0..3 {
-                    x[c * plane + j] = px[c] as f32 / 127.5 - 1.0;
-                }
-            }
+            // encode-latents' own conversion (this crate builds unoptimised in dev).
+            let x = curate_gen::vae::from_rgb8(
+                &[&crop],
+                p.bucket_h as usize,
+                p.bucket_w as usize,
+                &candle_core::Device::Cpu,
+            )
+            .expect("crop sizes match");
             (crop, x)
         };
         println!(

@@ -441,9 +441,10 @@ fn run_local(
     let shared = |e: anyhow::Error| {
         // Tell the other tasks (they would otherwise wait for this one's
         // partitions until the job's time limit).
-        if split.count > 1 && e.downcast_ref::<curate_dedup::DedupError>().is_none_or(|d| {
-            !matches!(d, curate_dedup::DedupError::PeerFailed { .. })
-        }) {
+        if split.count > 1
+            && e.downcast_ref::<curate_dedup::DedupError>()
+                .is_none_or(|d| !matches!(d, curate_dedup::DedupError::PeerFailed { .. }))
+        {
             state.mark_failed(split.index, &format!("{e:#}"));
         }
         e

@@ -137,7 +137,7 @@ fn pick_caption<'a>(
         return None;
     }
     let mut rng = CropRng::new(seed ^ 0x6361_7074_696f_6e00, Stage::S256, key);
-    let mut u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64 * total;
+    let mut u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
     for (o, w) in &weighted {
         if u < *w {
             return Some(o);
@@ -351,9 +351,12 @@ struct Encoder<'a> {
     dtype: LatentDtype,
 }
 
+/// One crop's latent bytes and their [C, H, W] shape.
+type Encoded = (Vec<u8>, [u32; 3]);
+
 impl Encoder<'_> {
     /// Latent bytes and shape per crop (all of one bucket); `Err` per crop when the VAE fails on it alone.
-    fn encode(&self, crops: &[&Crop]) -> anyhow::Result<Vec<Result<(Vec<u8>, [u32; 3]), String>>> {
+    fn encode(&self, crops: &[&Crop]) -> anyhow::Result<Vec<Result<Encoded, String>>> {
         let (h, w) = (
             crops[0].place.bucket_h as usize,
             crops[0].place.bucket_w as usize,

@@ -19,7 +19,6 @@ pub mod slurm;
 mod status;
 pub mod train;
 
-
 use crate::cli::{Cli, Command};
 
 /// What a stage did, for the runner and the closing log line.

@@ -1,4 +1,4 @@
-//! Command-line behaviour: exit codes, unbuilt stages, doctor, status, run.
+//! Command-line behaviour: exit codes, doctor, status, run.
 
 use crate::common::*;
 
@@ -30,21 +30,6 @@ fn usage_errors_exit_2_and_help_exits_0() {
             r.stdout.contains(stage),
             "--help lacks {stage}:\n{}",
             r.stdout
-        );
-    }
-}
-
-#[test]
-fn unbuilt_stages_say_so_and_fail() {
-    for (stage, issue) in [("report", 6)] {
-        let r = run(curate().arg(stage).arg("--eps").arg("0.9"));
-        assert_eq!(r.code, 1, "{stage}: {}", r.stderr);
-        assert!(
-            r.stderr.contains(&format!(
-                "`curate {stage}` is not built yet (issue #{issue})"
-            )),
-            "{stage}: {}",
-            r.stderr
         );
     }
 }
@@ -101,15 +86,9 @@ fn doctor_reports_every_place_it_searched_when_nothing_is_found() {
 
 #[test]
 fn run_executes_the_demo_pipeline_then_skips_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let work = tmp.path().join("demo");
+    let demo = demo();
+    let (work, r) = (&demo.work, &demo.first);
     let pipeline = repo().join("pipelines/demo.toml");
-    let r = run(curate()
-        .arg("run")
-        .arg(&pipeline)
-        .arg("--work-dir")
-        .arg(&work));
-    assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         r.stderr.contains("serving") && r.stderr.contains("127.0.0.1"),
         "{}",
@@ -141,11 +120,14 @@ fn run_executes_the_demo_pipeline_then_skips_it() {
         r.stderr
     );
 
-    let again = run(curate()
-        .arg("run")
-        .arg(&pipeline)
-        .arg("--work-dir")
-        .arg(&work));
+    let again = {
+        let _writing = demo_exclusive();
+        run(curate()
+            .arg("run")
+            .arg(&pipeline)
+            .arg("--work-dir")
+            .arg(work))
+    };
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(
         again.stderr.matches("already complete (").count(),
@@ -174,10 +156,35 @@ fn run_executes_the_demo_pipeline_then_skips_it() {
         3 * kept
     );
     // encode-latents 256 and 512: keep list ∩ not dropped, captions and tags joined.
-    crate::latents::check_demo_latents(&work);
+    crate::latents::check_demo_latents(work);
+    // train: 24 steps on latents-256 with checkpoints at 12 and 24 and one
+    // metrics line per step; sample: one PNG per prompt, 256×256.
+    let metrics = std::fs::read_to_string(work.join("train/metrics.jsonl")).unwrap();
+    let losses: Vec<f64> = metrics
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(losses.len(), 24, "{metrics}");
+    assert!(
+        losses.iter().all(|l| l.is_finite() && *l > 0.0),
+        "{losses:?}"
+    );
+    for step in [12, 24] {
+        let ckpt = work.join(format!("train/checkpoints/step-{step:08}.safetensors"));
+        assert!(ckpt.is_file(), "{}", ckpt.display());
+    }
+    for i in 0..2 {
+        let png = work.join(format!("samples/sample-{i:03}-s0.png"));
+        let img = image::open(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
+        assert_eq!((img.width(), img.height()), (256, 256));
+    }
     assert_eq!(read_images(&work.join("images")).len(), fetched.len());
 
-    let status = run(curate().arg("status").arg(&work));
+    let status = run(curate().arg("status").arg(work));
     assert_eq!(status.code, 0, "{}", status.stderr);
     for (stage, records) in [("fetch", &fetched), ("ingest", &local)] {
         let n = records.len();

@@ -236,11 +236,7 @@ fn report_of_the_demo_run_loads_in_chromium() {
     let before = snapshot(work, &report);
 
     let started = std::time::Instant::now();
-    let r = run(curate()
-        .arg("report")
-        .arg(work)
-        .arg("--page-size")
-        .arg("3"));
+    let r = run(curate().arg("report").arg(work).arg("--page-size").arg("3"));
     assert_eq!(r.code, 0, "{}", r.stderr);
     eprintln!("curate report: {:.1} s", started.elapsed().as_secs_f64());
     assert_eq!(
@@ -396,11 +392,7 @@ fn report_of_the_demo_run_loads_in_chromium() {
         .iter()
         .map(|t| std::fs::metadata(t).unwrap().modified().unwrap())
         .collect();
-    let again = run(curate()
-        .arg("report")
-        .arg(work)
-        .arg("--page-size")
-        .arg("3"));
+    let again = run(curate().arg("report").arg(work).arg("--page-size").arg("3"));
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(
         again.stderr.contains("thumbnails 0 made"),

@@ -366,8 +366,14 @@ fn a_waiting_task_stops_when_another_task_failed() {
     let alone = tempfile_dir("dedup-peer-alone");
     let single = driver::run_all(&p, &s, &State::new(&alone).unwrap(), &mut ()).unwrap();
     assert_eq!(
-        driver::finish(&p, &t1.1).iter().map(|r| r.representative).collect::<Vec<_>>(),
-        driver::finish(&p, &single.1).iter().map(|r| r.representative).collect::<Vec<_>>()
+        driver::finish(&p, &t1.1)
+            .iter()
+            .map(|r| r.representative)
+            .collect::<Vec<_>>(),
+        driver::finish(&p, &single.1)
+            .iter()
+            .map(|r| r.representative)
+            .collect::<Vec<_>>()
     );
     std::fs::remove_dir_all(&tmp).unwrap();
     std::fs::remove_dir_all(&alone).unwrap();

@@ -179,11 +179,11 @@ impl CropRng {
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
         let mut r = CropRng(h ^ seed.rotate_left(17) ^ (stage.number() as u64) << 48);
-        r.next();
+        r.next_u64();
         r
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -193,7 +193,7 @@ impl CropRng {
 
     /// Uniform in `0..n` (Lemire's multiply-shift; the bias is < n / 2⁶⁴).
     pub fn below(&mut self, n: u32) -> u32 {
-        ((self.next() as u128 * n as u128) >> 64) as u32
+        ((self.next_u64() as u128 * n as u128) >> 64) as u32
     }
 }
 
