@@ -483,7 +483,11 @@ impl State {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        // Unique per process and per call: cooperating tasks (or threads of
+        // one process) may write the same plan at the same moment.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp-{}-{seq}", std::process::id()));
         let bytes = serde_json::to_vec(value).expect("plain data serialises");
         {
             use std::io::Write;

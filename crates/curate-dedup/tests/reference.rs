@@ -353,7 +353,11 @@ fn a_waiting_task_stops_when_another_task_failed() {
     let t1 = std::thread::scope(|sc| {
         let h = sc.spawn(|| {
             let mut signal = Signal(Some(started));
-            driver::run_shared(&p, &s, &state, &mut signal, share(1)).unwrap()
+            driver::run_shared(&p, &s, &state, &mut signal, share(1)).unwrap_or_else(|e| {
+                // As `curate dedup` does: task 0 then stops instead of waiting.
+                state.mark_failed(1, &e.to_string());
+                panic!("task 1: {e}")
+            })
         });
         // Task 0 starts once task 1 has done a partition (so it cleared its marker).
         running.recv().unwrap();

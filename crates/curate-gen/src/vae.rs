@@ -299,21 +299,151 @@ fn conv(
     padding: usize,
     stride: usize,
     vb: VarBuilder,
-) -> candle_core::Result<Conv2d> {
+) -> candle_core::Result<Conv> {
     let cfg = Conv2dConfig {
         padding,
         stride,
         ..Default::default()
     };
-    candle_nn::conv2d(cin, cout, k, cfg, vb)
+    let inner = candle_nn::conv2d(cin, cout, k, cfg, vb)?;
+    // CURATE_VAE_CANDLE_CONV=1 keeps candle's conv2d everywhere (for `curate bench latents` A/B).
+    let shifted = if (k, padding, stride) == (3, 1, 1)
+        && inner.weight().device().is_cpu()
+        && std::env::var_os("CURATE_VAE_CANDLE_CONV").is_none()
+    {
+        // [Co, Ci, 3, 3] → nine [Co, Ci] matrices, one per tap.
+        let taps = inner
+            .weight()
+            .to_dtype(DType::F32)?
+            .permute((2, 3, 0, 1))?
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let bias = match inner.bias() {
+            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        Some(Shifted {
+            cin,
+            cout,
+            taps,
+            bias,
+        })
+    } else {
+        None
+    };
+    Ok(Conv { inner, shifted })
+}
+
+/// A convolution: candle's, except 3×3 / stride 1 / padding 1 in f32 on the
+/// CPU (almost all of the VAE's work), which runs as nine shifted GEMMs over
+/// a once-padded copy of the input (see [`Shifted`]).
+struct Conv {
+    inner: Conv2d,
+    shifted: Option<Shifted>,
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.shifted {
+            Some(s) if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4 => {
+                s.forward(x)
+            }
+            _ => self.inner.forward(x),
+        }
+    }
+}
+
+/// 3×3 convolution, stride 1, zero padding 1, as Σ over the nine taps of
+/// W[ky, kx] (Co×Ci) · X shifted by (ky, kx). With the input padded to
+/// (H+2)×(W+2), the shifted input of every tap is a plain strided Ci×N
+/// matrix (N = H·(W+2): each output row carries two junk columns, dropped at
+/// the end), so each tap is one large GEMM accumulated in place. Candle's
+/// CPU conv2d builds im2col tiles instead (9·Ci×HW values copied per conv,
+/// then many small GEMMs), several times slower at 512².
+struct Shifted {
+    cin: usize,
+    cout: usize,
+    /// [3][3][Co][Ci].
+    taps: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+impl Shifted {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, ci, h, w) = x.dims4()?;
+        if ci != self.cin {
+            candle_core::bail!("conv: expected {} input channels, found {ci}", self.cin);
+        }
+        let co = self.cout;
+        let data = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let (hp, wp) = (h + 2, w + 2);
+        let mut padded = vec![0f32; ci * hp * wp];
+        let mut acc = vec![0f32; co * h * wp];
+        let mut out = vec![0f32; b * co * h * w];
+        let threads = rayon::current_num_threads();
+        let n = h * wp - 2;
+        for bi in 0..b {
+            for c in 0..ci {
+                for y in 0..h {
+                    let src = &data[((bi * ci + c) * h + y) * w..][..w];
+                    padded[c * hp * wp + (y + 1) * wp + 1..][..w].copy_from_slice(src);
+                }
+            }
+            for tap in 0..9 {
+                let (ky, kx) = (tap / 3, tap % 3);
+                // SAFETY: dst is co × (h·wp) row-major and n ≤ h·wp; lhs is the
+                // tap's co × ci matrix; rhs element (c, j) is padded[c·hp·wp +
+                // ky·wp + kx + j], and ky·wp + kx + n − 1 ≤ hp·wp − 1.
+                unsafe {
+                    gemm::gemm(
+                        co,
+                        n,
+                        ci,
+                        acc.as_mut_ptr(),
+                        1,
+                        (h * wp) as isize,
+                        tap > 0,
+                        self.taps.as_ptr().add(tap * co * ci),
+                        1,
+                        ci as isize,
+                        padded.as_ptr().add(ky * wp + kx),
+                        1,
+                        (hp * wp) as isize,
+                        1.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        if threads > 1 {
+                            gemm::Parallelism::Rayon(threads)
+                        } else {
+                            gemm::Parallelism::None
+                        },
+                    );
+                }
+            }
+            for o in 0..co {
+                let bias = self.bias.as_ref().map_or(0.0, |v| v[o]);
+                for y in 0..h {
+                    let src = &acc[o * h * wp + y * wp..][..w];
+                    let dst = &mut out[((bi * co + o) * h + y) * w..][..w];
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        *d = s + bias;
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(out, (b, co, h, w), x.device())
+    }
 }
 
 struct ResnetBlock {
     norm1: Norm,
-    conv1: Conv2d,
+    conv1: Conv,
     norm2: Norm,
-    conv2: Conv2d,
-    shortcut: Option<Conv2d>,
+    conv2: Conv,
+    shortcut: Option<Conv>,
 }
 
 impl ResnetBlock {
@@ -348,10 +478,10 @@ impl Module for ResnetBlock {
 /// Single-head self-attention over the pixels (1×1 convolutions), with a residual.
 struct AttnBlock {
     norm: Norm,
-    q: Conv2d,
-    k: Conv2d,
-    v: Conv2d,
-    proj_out: Conv2d,
+    q: Conv,
+    k: Conv,
+    v: Conv,
+    proj_out: Conv,
 }
 
 impl AttnBlock {
@@ -408,15 +538,15 @@ impl Module for Mid {
 struct Level {
     blocks: Vec<ResnetBlock>,
     /// Down: pad (0, 1, 0, 1) then a stride-2 3×3 conv; up: nearest ×2 then a 3×3 conv.
-    resample: Option<Conv2d>,
+    resample: Option<Conv>,
 }
 
 struct Encoder {
-    conv_in: Conv2d,
+    conv_in: Conv,
     down: Vec<Level>,
     mid: Mid,
     norm_out: Norm,
-    conv_out: Conv2d,
+    conv_out: Conv,
 }
 
 impl Encoder {
@@ -482,12 +612,12 @@ impl Module for Encoder {
 }
 
 struct Decoder {
-    conv_in: Conv2d,
+    conv_in: Conv,
     mid: Mid,
     /// In application order (BFL's `up.{n−1}` first).
     up: Vec<Level>,
     norm_out: Norm,
-    conv_out: Conv2d,
+    conv_out: Conv,
 }
 
 impl Decoder {
@@ -859,4 +989,77 @@ pub fn resolve_weights(path: &Path) -> Result<PathBuf> {
             ),
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    /// The shifted-GEMM 3×3 convolution equals candle's conv2d, batch > 1,
+    /// non-square, with and without bias.
+    #[test]
+    fn shifted_conv_equals_candle() {
+        let dev = Device::Cpu;
+        for (b, ci, co, h, w, bias) in [
+            (2, 3, 5, 7, 11, true),
+            (1, 8, 4, 1, 1, false),
+            (3, 4, 6, 9, 2, true),
+        ] {
+            let vm = VarMap::new();
+            let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+            let cfg = Conv2dConfig {
+                padding: 1,
+                ..Default::default()
+            };
+            let c = if bias {
+                conv(ci, co, 3, 1, 1, vb.pp("c")).unwrap()
+            } else {
+                let inner = candle_nn::conv2d_no_bias(ci, co, 3, cfg, vb.pp("n")).unwrap();
+                let taps = inner
+                    .weight()
+                    .permute((2, 3, 0, 1))
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                Conv {
+                    inner,
+                    shifted: Some(Shifted {
+                        cin: ci,
+                        cout: co,
+                        taps,
+                        bias: None,
+                    }),
+                }
+            };
+            assert!(c.shifted.is_some());
+            let x = Tensor::randn(0f32, 1.0, (b, ci, h, w), &dev).unwrap();
+            let ours = c.forward(&x).unwrap();
+            let theirs = c.inner.forward(&x).unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            let diff = (ours - &theirs)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let scale = theirs
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff <= 1e-5 * scale.max(1.0),
+                "{b}×{ci}→{co} {h}×{w}: {diff} vs {scale}"
+            );
+        }
+    }
 }
