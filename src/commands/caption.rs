@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use arrow_array::cast::AsArray;
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array};
 use curate_core::split::ShardSplit;
-use curate_core::stage::{Opened, StageDir, StageSpec};
+use curate_core::stage::StageSpec;
 use curate_onnx::florence::{prompt_of, Florence, Sequence};
 
 use super::pixels::{self, PixelJob, Prepared};
@@ -85,13 +85,7 @@ pub fn run(args: &CaptionArgs) -> anyhow::Result<StageSummary> {
         inputs: upstream.inputs(),
         num_shards: upstream.manifest.num_shards,
     };
-    let (mut stage, opened) = StageDir::open(&args.output, &spec, args.overwrite)?;
-    if opened == Opened::Overwritten {
-        tracing::warn!(
-            "caption: discarded the previous output of {} (--overwrite)",
-            args.output.display()
-        );
-    }
+    let mut stage = super::shared::open_output("caption", &args.output, &spec, args.overwrite)?;
     let schema = {
         let s = table().arrow_schema()?;
         let mut m = s.metadata().clone();

@@ -16,7 +16,7 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field};
 use curate_core::split::ShardSplit;
-use curate_core::stage::{Opened, StageDir, StageSpec};
+use curate_core::stage::StageSpec;
 use curate_onnx::vision::{ImageModel, ModelFiles};
 use curate_vision::preprocess::PixelSpec;
 
@@ -70,13 +70,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<StageSummary> {
         inputs: upstream.inputs(),
         num_shards: upstream.manifest.num_shards,
     };
-    let (mut stage, opened) = StageDir::open(&args.output, &stage_spec, args.overwrite)?;
-    if opened == Opened::Overwritten {
-        tracing::warn!(
-            "embed: discarded the previous output of {} (--overwrite)",
-            args.output.display()
-        );
-    }
+    let mut stage = super::shared::open_output("embed", &args.output, &stage_spec, args.overwrite)?;
 
     let (job, pool) = PixelJob::from_args(&args.onnx, spec, None)?;
     let dim = model.dim.context("the model's output width is unknown")?;

@@ -30,7 +30,7 @@ use arrow_array::{
 use arrow_schema::{DataType, SchemaRef};
 use candle_core::{DType, Tensor};
 use curate_core::split::ShardSplit;
-use curate_core::stage::{Opened, StageDir, StageSpec};
+use curate_core::stage::StageSpec;
 use curate_gen::vae::Vae;
 use curate_vision::buckets::{self, CropRng, Placement, Stage};
 use curate_vision::preprocess::load_rgb_for;
@@ -477,13 +477,8 @@ pub fn run(args: &EncodeLatentsArgs) -> anyhow::Result<StageSummary> {
         inputs: upstream.inputs(),
         num_shards: upstream.manifest.num_shards,
     };
-    let (mut stage, opened) = StageDir::open(&args.output, &spec, args.overwrite)?;
-    if opened == Opened::Overwritten {
-        tracing::warn!(
-            "encode-latents: discarded the previous output of {} (--overwrite)",
-            args.output.display()
-        );
-    }
+    let mut stage =
+        super::shared::open_output("encode-latents", &args.output, &spec, args.overwrite)?;
     let schema = {
         let s = table().arrow_schema()?;
         let mut m = s.metadata().clone();

@@ -15,7 +15,7 @@ use arrow_array::types::{Float16Type, Float32Type};
 use arrow_array::{Array, ArrayRef, BooleanArray, Float32Array, RecordBatch, StringArray};
 use curate_core::bands::Bands;
 use curate_core::split::ShardSplit;
-use curate_core::stage::{Opened, StageDir, StageSpec};
+use curate_core::stage::{StageDir, StageSpec};
 use curate_onnx::vision::{ImageModel, ModelFiles};
 use curate_vision::preprocess::PixelSpec;
 
@@ -63,13 +63,7 @@ fn open_stage(
         inputs: upstream.inputs(),
         num_shards: upstream.manifest.num_shards,
     };
-    let (stage, opened) = StageDir::open(&args.output, &spec, args.overwrite)?;
-    if opened == Opened::Overwritten {
-        tracing::warn!(
-            "score: discarded the previous output of {} (--overwrite)",
-            args.output.display()
-        );
-    }
+    let stage = super::shared::open_output("score", &args.output, &spec, args.overwrite)?;
     Ok(stage)
 }
 

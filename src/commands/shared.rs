@@ -474,3 +474,21 @@ pub fn stage_done_line(name: &str, summary: &StageSummary, rows_done: u64, elaps
         crate::progress::peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
     );
 }
+
+/// Opens (or creates) a stage's output folder; says so when `--overwrite`
+/// discarded a previous output with other settings.
+pub fn open_output(
+    name: &str,
+    output: &Path,
+    spec: &curate_core::stage::StageSpec,
+    overwrite: bool,
+) -> anyhow::Result<StageDir> {
+    let (stage, opened) = StageDir::open(output, spec, overwrite)?;
+    if opened == curate_core::stage::Opened::Overwritten {
+        tracing::warn!(
+            "{name}: discarded the previous output of {} (--overwrite)",
+            output.display()
+        );
+    }
+    Ok(stage)
+}

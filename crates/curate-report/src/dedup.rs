@@ -585,7 +585,7 @@ pub fn write(
             thousands(members_total),
             pct(members_below, members_total)
         ),
-        &hist_table(&cos_hist),
+        &html::hist_table(&cos_hist, "images"),
     ));
     body.push_str(&html::figure(
         &svg::histogram(
@@ -597,7 +597,7 @@ pub fn write(
             &eps_marker,
         ),
         "Each image's similarity to the most similar other image in its partition, in the round recorded for it (the round it was merged in, or the last round it took part in).",
-        &hist_table(&near_hist),
+        &html::hist_table(&near_hist, "images"),
     ));
 
     // The eps sweep.
@@ -693,28 +693,6 @@ pub fn write(
 
 fn plural(n: usize, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
-}
-
-fn hist_table(h: &stats::Histogram) -> String {
-    let step = h.width();
-    let prec = if step >= 1.0 {
-        0
-    } else {
-        ((-step.log10()).ceil() as usize + 1).min(6)
-    };
-    html::table(
-        "hist",
-        &["from", "to", "images"],
-        &h.counts
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(|(i, c)| {
-                let (a, b) = h.edges(i);
-                vec![format!("{a:.prec$}"), format!("{b:.prec$}"), thousands(*c)]
-            })
-            .collect::<Vec<_>>(),
-    )
 }
 
 /// Cluster counts by size: every size up to 12, then ranges. `(label, clusters, images)`.

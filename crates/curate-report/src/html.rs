@@ -239,3 +239,27 @@ figure.member figcaption{word-break:break-all;margin-top:3px}
 .cos{font-variant-numeric:tabular-nums;font-weight:600}
 .gallery{display:flex;flex-wrap:wrap;gap:.6em}
 "#;
+
+/// The non-empty bins of a histogram as a table (`from`, `to`, `count_label`),
+/// the bin edges with as many decimals as the bin width needs.
+pub fn hist_table(h: &crate::stats::Histogram, count_label: &str) -> String {
+    let step = h.width();
+    let prec = if step >= 1.0 {
+        0
+    } else {
+        ((-step.log10()).ceil() as usize + 1).min(6)
+    };
+    table(
+        "hist",
+        &["from", "to", count_label],
+        &h.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, c)| {
+                let (a, b) = h.edges(i);
+                vec![format!("{a:.prec$}"), format!("{b:.prec$}"), thousands(*c)]
+            })
+            .collect::<Vec<_>>(),
+    )
+}

@@ -250,6 +250,33 @@ fn outcomes(
     ))
 }
 
+/// A stage page for a stage without complete shards: its header and a note.
+/// `None` when the stage has shards to report on.
+fn no_shards_page(
+    w: &mut Writer,
+    run: &Run,
+    stage: &Stage,
+    file: &str,
+    kind: &str,
+) -> Option<Result<(), ReportError>> {
+    if !stage.files.is_empty() {
+        return None;
+    }
+    let mut body = header(stage, run);
+    body.push_str("<p>No complete shards yet.</p>");
+    Some(w.page(file, &format!("{kind}: {}", stage.name), file, &body))
+}
+
+/// The outcomes chart of a table with `status`, `reason` and `error` columns.
+fn status_outcomes(stage: &Stage, lf: LazyFrame, name: &str) -> Result<String, ReportError> {
+    outcomes(
+        stage,
+        lf.select([col("status"), col("reason"), col("error")]),
+        None,
+        &format!("{name}-outcomes"),
+    )
+}
+
 fn config_table(stage: &Stage) -> String {
     let mut rows = Vec::new();
     if let Some(obj) = stage.manifest.config.as_object() {
@@ -295,21 +322,15 @@ pub fn images_page(
     name: &str,
 ) -> Result<(), ReportError> {
     let file = format!("{name}.html");
-    let mut body = header(stage, run);
-    if stage.files.is_empty() {
-        body.push_str("<p>No complete shards yet.</p>");
-        return w.page(&file, &format!("Images: {}", stage.name), &file, &body);
+    if let Some(done) = no_shards_page(w, run, stage, &file, "Images") {
+        return done;
     }
+    let mut body = header(stage, run);
     let lf = || stats::scan(&stage.files);
     let cols = stats::columns(&stage.files)?;
     let fetch = stage.manifest.stage == "fetch"
         || has(&cols, "http_status") && stage.manifest.inputs.kind == "url_list";
-    let outcome_html = outcomes(
-        stage,
-        lf()?.select([col("status"), col("reason"), col("error")]),
-        None,
-        &format!("{name}-outcomes"),
-    )?;
+    let outcome_html = status_outcomes(stage, lf()?, name)?;
     // Bytes and exact duplicates.
     let bdf = collect(
         lf()?.filter(col("status").eq(lit("ok"))).select([
@@ -547,11 +568,10 @@ pub fn captions_page(
     name: &str,
 ) -> Result<(), ReportError> {
     let file = format!("{name}.html");
-    let mut body = header(stage, run);
-    if stage.files.is_empty() {
-        body.push_str("<p>No complete shards yet.</p>");
-        return w.page(&file, &format!("Captions: {}", stage.name), &file, &body);
+    if let Some(done) = no_shards_page(w, run, stage, &file, "Captions") {
+        return done;
     }
+    let mut body = header(stage, run);
     let lf = || stats::scan(&stage.files);
     body.push_str(&outcomes(
         stage,
@@ -637,7 +657,7 @@ pub fn captions_page(
                 html::opt(tok.median),
                 html::opt(ch.median)
             ),
-            &hist_rows(&h),
+            &html::hist_table(&h, "count"),
         ));
     }
     body.push_str(&html::table(
@@ -679,23 +699,6 @@ pub fn captions_page(
     body.push_str(&throughput(stage, &format!("{name}-tput")));
     body.push_str(&config_table(stage));
     w.page(&file, &format!("Captions: {}", stage.name), &file, &body)
-}
-
-fn hist_rows(h: &stats::Histogram) -> String {
-    let prec = if h.width() >= 1.0 { 0 } else { 2 };
-    html::table(
-        "hist",
-        &["from", "to", "count"],
-        &h.counts
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(|(i, c)| {
-                let (a, b) = h.edges(i);
-                vec![format!("{a:.prec$}"), format!("{b:.prec$}"), thousands(*c)]
-            })
-            .collect::<Vec<_>>(),
-    )
 }
 
 /// The bands a score stage used: the shards' `bands` / `drop_below` metadata, else its configuration.
@@ -788,18 +791,12 @@ pub fn scores_page(
     thumbs: &Thumbs,
 ) -> Result<(), ReportError> {
     let file = format!("{name}.html");
-    let mut body = header(stage, run);
-    if stage.files.is_empty() {
-        body.push_str("<p>No complete shards yet.</p>");
-        return w.page(&file, &format!("Scores: {}", stage.name), &file, &body);
+    if let Some(done) = no_shards_page(w, run, stage, &file, "Scores") {
+        return done;
     }
+    let mut body = header(stage, run);
     let lf = || stats::scan(&stage.files);
-    body.push_str(&outcomes(
-        stage,
-        lf()?.select([col("status"), col("reason"), col("error")]),
-        None,
-        &format!("{name}-outcomes"),
-    )?);
+    body.push_str(&status_outcomes(stage, lf()?, name)?);
     let bands = bands_of(stage);
     let ok = || -> Result<LazyFrame, ReportError> { Ok(lf()?.filter(col("status").eq(lit("ok")))) };
     let s = stats::summary(
@@ -900,7 +897,7 @@ pub fn scores_page(
             &marks,
         ),
         "Lower band edges are inclusive; images below the drop threshold are excluded from training.",
-        &hist_rows(&h),
+        &html::hist_table(&h, "count"),
     ));
     body.push_str(&html::table(
         "tags",
@@ -947,18 +944,12 @@ pub fn latents_page(
     name: &str,
 ) -> Result<(), ReportError> {
     let file = format!("{name}.html");
-    let mut body = header(stage, run);
-    if stage.files.is_empty() {
-        body.push_str("<p>No complete shards yet.</p>");
-        return w.page(&file, &format!("Latents: {}", stage.name), &file, &body);
+    if let Some(done) = no_shards_page(w, run, stage, &file, "Latents") {
+        return done;
     }
+    let mut body = header(stage, run);
     let lf = || stats::scan(&stage.files);
-    body.push_str(&outcomes(
-        stage,
-        lf()?.select([col("status"), col("reason"), col("error")]),
-        None,
-        &format!("{name}-outcomes"),
-    )?);
+    body.push_str(&status_outcomes(stage, lf()?, name)?);
     let b = collect(
         lf()?
             .filter(col("status").eq(lit("ok")))
