@@ -5,8 +5,18 @@
 //! fsyncs and renames it into place. [`verify_shard`] reads only the footer:
 //! a truncated or foreign file fails it. [`images`] converts image records.
 
+pub mod captions;
+pub mod dedup_clusters;
+pub mod dedup_keep;
+pub mod embeddings;
+pub mod exact_duplicates;
 pub mod images;
 pub mod latents;
+pub mod scan;
+pub mod scores;
+pub mod status;
+pub mod train_metrics;
+pub mod url_list;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -63,6 +73,12 @@ pub enum IoError {
     },
     #[error("{what}")]
     Invalid { what: String },
+    #[error("{what}: {source}")]
+    Polars {
+        what: String,
+        #[source]
+        source: polars::error::PolarsError,
+    },
 }
 
 /// Options for one shard file.
@@ -322,77 +338,6 @@ pub fn write_table(
 /// Convenience for an `Arc`'d schema from a table's default Arrow schema.
 pub fn default_schema(table: &TableSchema) -> Result<SchemaRef, curate_core::CoreError> {
     Ok(Arc::new(table.arrow_schema()?))
-}
-
-/// Reads named string columns of any parquet file (an input list such as
-/// Megalith-10m), without checking it against a curate schema. A missing
-/// column is an error naming the columns the file has.
-pub fn read_utf8_columns(
-    path: &Path,
-    columns: &[&str],
-) -> Result<Vec<Vec<Option<String>>>, IoError> {
-    use arrow_array::cast::AsArray;
-    let builder = open(path)?;
-    let mut idx = Vec::with_capacity(columns.len());
-    for c in columns {
-        idx.push(builder.schema().index_of(c).map_err(|_| {
-            IoError::MissingInputColumn {
-                path: path.to_path_buf(),
-                column: c.to_string(),
-                found: builder
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }
-        })?);
-    }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), idx.clone());
-    let projected = builder
-        .schema()
-        .project(&idx)
-        .map_err(|source| IoError::Arrow {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let reader = builder
-        .with_projection(mask)
-        .build()
-        .map_err(|source| IoError::Parquet {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let mut out: Vec<Vec<Option<String>>> = vec![Vec::new(); columns.len()];
-    for batch in reader {
-        let batch = batch.map_err(|source| IoError::Arrow {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        for (i, name) in columns.iter().enumerate() {
-            let col = batch
-                .column_by_name(name)
-                .or_else(|| projected.index_of(name).ok().map(|j| batch.column(j)))
-                .ok_or_else(|| IoError::MissingColumn {
-                    path: path.to_path_buf(),
-                    column: name.to_string(),
-                })?;
-            let strings =
-                arrow_cast::cast(col, &arrow_schema::DataType::Utf8).map_err(|source| {
-                    IoError::Arrow {
-                        path: path.to_path_buf(),
-                        source,
-                    }
-                })?;
-            let strings = strings.as_string::<i32>();
-            out[i].extend(
-                (0..strings.len())
-                    .map(|r| strings.is_valid(r).then(|| strings.value(r).to_string())),
-            );
-        }
-    }
-    Ok(out)
 }
 
 /// Row count of a parquet file from its footer.
