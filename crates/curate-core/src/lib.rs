@@ -14,6 +14,7 @@ pub mod bands;
 pub mod error;
 pub mod hash;
 pub mod record;
+pub mod rng;
 pub mod schema;
 pub mod split;
 pub mod stage;

@@ -23,12 +23,12 @@ impl ShardSplit {
     pub fn new(index: u32, count: u32) -> Result<Self, CoreError> {
         if count == 0 {
             return Err(CoreError::Split {
-                message: "--num-shards must be at least 1".into(),
+                message: "--num-tasks must be at least 1".into(),
             });
         }
         if index >= count {
             return Err(CoreError::Split {
-                message: format!("--shard-index {index} is not below --num-shards {count}"),
+                message: format!("--task-index {index} is not below --num-tasks {count}"),
             });
         }
         Ok(ShardSplit { index, count })
