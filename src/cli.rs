@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod train;
+pub use train::{SampleArgs, TrainArgs};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "curate",
@@ -59,9 +62,9 @@ pub enum Command {
     /// Decode latent shards back to PNGs with the VAE (to check them).
     DecodeLatents(DecodeLatentsArgs),
     /// Train the oboro DiT with I-CFM on latent shards (resumable checkpoints, metrics JSONL).
-    Train(Box<crate::commands::train::TrainArgs>),
+    Train(Box<TrainArgs>),
     /// Sample images from a trained DiT: Euler ODE with classifier-free guidance, VAE decode to PNG.
-    Sample(Box<crate::commands::sample::SampleArgs>),
+    Sample(Box<SampleArgs>),
     /// Static HTML report of a run: stage statistics, dedup clusters with thumbnails, charts (works offline).
     Report(ReportArgs),
     /// Run a pipeline file's stages in order, skipping complete ones.
@@ -76,15 +79,22 @@ pub enum Command {
     Bench(BenchArgs),
 }
 
-/// Which shards this process writes.
+/// Which shards this process writes: its place among the Slurm array tasks sharing a stage.
 #[derive(Debug, Clone, Args)]
 pub struct ShardArgs {
-    /// This task's index among --num-shards tasks [default: $SLURM_ARRAY_TASK_ID − $SLURM_ARRAY_TASK_MIN, else 0].
-    #[arg(long, value_name = "I")]
-    pub shard_index: Option<u32>,
+    /// This task's index among --num-tasks tasks [default: $SLURM_ARRAY_TASK_ID − $SLURM_ARRAY_TASK_MIN, else 0].
+    #[arg(long = "task-index", alias = "shard-index", value_name = "I")]
+    pub task_index: Option<u32>,
     /// Number of tasks sharing the work; task I writes shards s with s mod N = I [default: $SLURM_ARRAY_TASK_COUNT, else 1].
-    #[arg(long, value_name = "N")]
-    pub num_shards: Option<u32>,
+    #[arg(long = "num-tasks", alias = "num-shards", value_name = "N")]
+    pub num_tasks: Option<u32>,
+}
+
+impl ShardArgs {
+    /// The shards this task owns (flags, else the Slurm array environment).
+    pub fn split(&self) -> Result<curate_core::split::ShardSplit, curate_core::CoreError> {
+        curate_core::split::ShardSplit::from_env(self.task_index, self.num_tasks)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -606,6 +616,13 @@ pub struct ScoreArgs {
     pub shards: ShardArgs,
 }
 
+/// The caption models (`curate_stages::caption::ModelType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CaptionModelType {
+    /// Florence-2, onnx-community export.
+    Florence2,
+}
+
 #[derive(Debug, Args)]
 pub struct CaptionArgs {
     /// Image stage directory (`fetch`/`ingest` output).
@@ -618,6 +635,9 @@ pub struct CaptionArgs {
     /// generation_config.json.
     #[arg(long)]
     pub model: PathBuf,
+    /// Which caption model the --model folder holds.
+    #[arg(long, value_enum, default_value_t = CaptionModelType::Florence2)]
+    pub model_type: CaptionModelType,
     /// File-name suffix of the ONNX files to use, e.g. `_fp16` or `_quantized`.
     #[arg(long, default_value = "")]
     pub variant: String,

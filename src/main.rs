@@ -5,13 +5,16 @@
 
 mod cli;
 mod commands;
-mod imaging;
 mod paths;
-mod progress;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use curate_stage::progress::{set_mode, ProgressMode as Mode};
+use tracing_subscriber::EnvFilter;
+
+use cli::ProgressMode;
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -25,7 +28,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    progress::init_logging(&cli.global);
+    init_logging(&cli.global);
     match commands::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -33,4 +36,33 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `tracing` to stderr, and the stage runtime's progress mode
+/// (`curate_stage::progress`): indicatif bars on a terminal, plain
+/// `tracing` lines otherwise (Slurm logs, CI, pipes).
+fn init_logging(global: &crate::cli::GlobalArgs) {
+    let level = match (global.quiet, global.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("CURATE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},ort=warn")));
+    let ansi = std::io::stderr().is_terminal();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .try_init();
+    set_mode(match global.progress {
+        ProgressMode::Auto if ansi && !global.quiet => Mode::Bar,
+        ProgressMode::Auto if global.quiet => Mode::None,
+        ProgressMode::Auto => Mode::Log,
+        ProgressMode::Bar => Mode::Bar,
+        ProgressMode::Log => Mode::Log,
+        ProgressMode::None => Mode::None,
+    });
 }

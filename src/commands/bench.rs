@@ -10,7 +10,7 @@ use clap::Parser;
 use rayon::prelude::*;
 
 use crate::cli::{BenchArgs, BenchStage, ImageArgs, IngestArgs, ShardArgs, StorePolicy, Verify};
-use crate::progress::peak_rss_bytes;
+use curate_stage::progress::peak_rss_bytes;
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let scratch = tempdir()?;
@@ -169,8 +169,8 @@ fn bench_ingest(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Resul
         },
         overwrite: false,
         shards: ShardArgs {
-            shard_index: Some(0),
-            num_shards: Some(1),
+            task_index: Some(0),
+            num_tasks: Some(1),
         },
     })?;
     let secs = t.elapsed().as_secs_f64();
@@ -419,8 +419,8 @@ fn bench_embed(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Result
         },
         overwrite: false,
         shards: ShardArgs {
-            shard_index: Some(0),
-            num_shards: Some(1),
+            task_index: Some(0),
+            num_tasks: Some(1),
         },
     })?;
     for scale in ["full", "reduced"] {
@@ -702,7 +702,7 @@ fn bench_caption(args: &BenchArgs, input: &Path) -> anyhow::Result<()> {
 /// so `pipelines/tools/bench_pillow_latents.py` times Pillow on the same work
 /// and checks it produces the same pixels (the sha256 printed here).
 fn bench_latents(args: &BenchArgs, input: &Path) -> anyhow::Result<()> {
-    use curate_vision::buckets::{self, Stage};
+    use curate_vision::buckets::{self, Resolution};
     use curate_vision::preprocess::{load_rgb_for, DecodeScale};
     use sha2::Digest;
     let mut files: Vec<PathBuf> = walkdir::WalkDir::new(input)
@@ -715,7 +715,7 @@ fn bench_latents(args: &BenchArgs, input: &Path) -> anyhow::Result<()> {
     let blobs: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
     let n = blobs.len() as f64;
     let limits = curate_vision::Limits::default();
-    for stage in [Stage::S256, Stage::S512] {
+    for stage in [Resolution::S256, Resolution::S512] {
         let key_of = |i: usize| format!("{i:016x}");
         // Decode + resize + crop + to-float ([-1, 1], CHW), as encode-latents prepares a crop.
         let prepare = |i: usize, scale: DecodeScale| -> (Vec<u8>, candle_core::Tensor) {

@@ -328,9 +328,9 @@ fn stage_argv(
         // Slurm variables the environment holds; array tasks take theirs
         // from SLURM_ARRAY_TASK_ID/COUNT.
         argv.extend([
-            "--shard-index".into(),
+            "--task-index".into(),
             "0".into(),
-            "--num-shards".into(),
+            "--num-tasks".into(),
             "1".into(),
         ]);
     }
@@ -436,9 +436,9 @@ mod tests {
                 "fixtures/images",
                 "--output",
                 "work/t/images",
-                "--shard-index",
+                "--task-index",
                 "0",
-                "--num-shards",
+                "--num-tasks",
                 "1",
                 "--shard-size",
                 "8",

@@ -5,64 +5,12 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use clap::Args;
 use curate_gen::sample::{sample, SampleOptions};
 use curate_gen::t5::T5Encoder;
 use curate_gen::train::Checkpoint;
+use curate_stage::StageSummary;
 
-#[derive(Debug, Args)]
-pub struct SampleArgs {
-    /// A checkpoint file (checkpoints/step-N.safetensors) or a training output folder (its newest checkpoint).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// Prompts; each is sampled with every seed.
-    #[arg(long = "prompt", required = true)]
-    pub prompts: Vec<String>,
-    /// Unconditional text of classifier-free guidance [default: the empty caption].
-    #[arg(long, default_value = "")]
-    pub negative_prompt: String,
-    /// Image size HEIGHTxWIDTH in pixels (multiples of 16).
-    #[arg(long, default_value = "256x256")]
-    pub image_size: String,
-    #[arg(long, default_value_t = 5.0)]
-    pub cfg_scale: f64,
-    /// Euler steps.
-    #[arg(long, default_value_t = 30)]
-    pub steps: usize,
-    /// Timestep shift α (t' = α·t / (1 + (α−1)·t)); 1 = none.
-    #[arg(long, default_value_t = 1.0)]
-    pub shift: f64,
-    /// Seeds; each prompt is sampled once per seed.
-    #[arg(long = "seed", default_values_t = vec![0u64])]
-    pub seeds: Vec<u64>,
-    /// T5 encoder folder (as for train).
-    #[arg(long)]
-    pub text_encoder: PathBuf,
-    /// FLUX VAE weights to decode with; without it the PNGs show latent channels 0..3 (a preview).
-    #[arg(long)]
-    pub vae: Option<PathBuf>,
-    /// Output folder: sample-PPP-sSEED.png (+ .safetensors with the latent when --save-latents).
-    #[arg(short, long)]
-    pub output: PathBuf,
-    /// Also write each sampled latent ([1, C, H, W], key `latent`).
-    #[arg(long)]
-    pub save_latents: bool,
-    /// Use the raw weights even when the checkpoint has EMA weights.
-    #[arg(long)]
-    pub no_ema: bool,
-    /// candle device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Accepted for `curate run` (PNGs are always rewritten).
-    #[arg(long, hide = true)]
-    pub overwrite: bool,
-    /// Accepted for `curate run` (sampling is one process).
-    #[arg(long, hide = true)]
-    pub shard_index: Option<u32>,
-    /// Accepted for `curate run` (sampling is one process).
-    #[arg(long, hide = true)]
-    pub num_shards: Option<u32>,
-}
+use crate::cli::SampleArgs;
 
 fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
     let (h, w) = s
@@ -160,7 +108,7 @@ fn latent_preview(z: &candle_core::Tensor) -> anyhow::Result<Vec<u8>> {
 }
 
 /// `run` as a pipeline stage (`curate run`): one "shard", the PNGs its records.
-pub fn run_stage(args: &SampleArgs) -> anyhow::Result<super::StageSummary> {
+pub fn run_stage(args: &SampleArgs) -> anyhow::Result<StageSummary> {
     // A pipeline rerun skips sampling when the same checkpoint and settings
     // already produced every PNG (`sample.json` records what made them).
     let stamp = stage_stamp(args)?;
@@ -176,7 +124,7 @@ pub fn run_stage(args: &SampleArgs) -> anyhow::Result<super::StageSummary> {
         && pngs_exist
         && std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str())
     {
-        return Ok(super::StageSummary {
+        return Ok(StageSummary {
             shards_total: 1,
             shards_skipped: 1,
             records: (args.prompts.len() * args.seeds.len()) as u64,
@@ -186,7 +134,7 @@ pub fn run_stage(args: &SampleArgs) -> anyhow::Result<super::StageSummary> {
     let written = run(args)?;
     std::fs::write(&stamp_path, stamp)
         .with_context(|| format!("writing {}", stamp_path.display()))?;
-    Ok(super::StageSummary {
+    Ok(StageSummary {
         shards_total: 1,
         shards_written: 1,
         records: written.len() as u64,

@@ -88,7 +88,7 @@ pub fn submit(
     // The split is explicit, so a resubmission of some task ids
     // (`sbatch --array=1,3`) still gives each its original share.
     command.push(format!(
-        "--shard-index \"$SLURM_ARRAY_TASK_ID\" --num-shards {tasks}"
+        "--task-index \"$SLURM_ARRAY_TASK_ID\" --num-tasks {tasks}"
     ));
     let mut extra: Vec<String> = Vec::new();
     if let Some(g) = res.gpus.filter(|g| *g > 0) {

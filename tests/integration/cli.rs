@@ -97,9 +97,10 @@ fn run_executes_the_demo_pipeline_then_skips_it() {
 
     // fetch: the URL parquet served by the pipeline's local server.
     let fetched = read_images(&work.join("images"));
-    let list =
-        curate_io::read_utf8_columns(&repo().join("fixtures/urls/demo.parquet"), &["url"]).unwrap();
-    assert_eq!(fetched.len(), list[0].len());
+    let list = curate_io::url_list::ListFile::open(&repo().join("fixtures/urls/demo.parquet"))
+        .and_then(|f| f.read("url", "url_source"))
+        .unwrap();
+    assert_eq!(fetched.len(), list.len());
     let ok = fetched.iter().filter(|r| r.reason.is_none()).count();
     assert!(ok >= 30, "{ok} fetched");
     for reason in ["http_error", "not_an_image", "truncated", "undecodable"] {
@@ -270,7 +271,7 @@ fn the_megalith_pipeline_checks_out_in_a_dry_run() {
         "{line}"
     );
     assert!(
-        !line.contains("--shard-index"),
+        !line.contains("--task-index"),
         "array tasks take their index from Slurm: {line}"
     );
     assert!(!work.exists(), "a dry run writes nothing");

@@ -312,9 +312,9 @@ fn distributed_steps_give_the_same_result_as_one_process() {
             let r = run(curate().args(["dedup", "partition"]).arg(&dist).args([
                 "--round",
                 &round.to_string(),
-                "--shard-index",
+                "--task-index",
                 task,
-                "--num-shards",
+                "--num-tasks",
                 "2",
             ]));
             assert_eq!(r.code, 0, "{}", r.stderr);

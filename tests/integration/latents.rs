@@ -12,7 +12,7 @@ use std::process::Stdio;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, UInt32Type};
 use arrow_array::{Array, RecordBatch};
-use curate_vision::buckets::{self, Stage};
+use curate_vision::buckets::{self, Resolution};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::common::{curate, fixtures_images, ingest, read_images, repo, run, shard_files};
@@ -163,7 +163,7 @@ fn encode(input: &Path, out: &Path, stage: &str, extra: &[&str]) -> std::process
 }
 
 /// The shape and row-group invariants of any latents stage.
-fn check_layout(stage_dir: &Path, stage: Stage) -> Vec<LatentRow> {
+fn check_layout(stage_dir: &Path, stage: Resolution) -> Vec<LatentRow> {
     let groups = read_latent_groups(stage_dir);
     assert!(!groups.is_empty());
     for g in &groups {
@@ -229,7 +229,7 @@ fn encode_latents_records_bad_images_splits_and_resumes_identically() {
     let reference = tmp.path().join("reference");
     let r = run(&mut encode(&images, &reference, "256", &[]));
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let rows = check_layout(&reference, Stage::S256);
+    let rows = check_layout(&reference, Resolution::S256);
     // Every image once; errors upstream and images too small are rows with their reason.
     assert_eq!(rows.len(), sources.len());
     let reasons: BTreeMap<String, Option<String>> = rows
@@ -272,6 +272,7 @@ fn encode_latents_records_bad_images_splits_and_resumes_identically() {
             &images,
             &split,
             "256",
+            // The old spellings of --task-index/--num-tasks stay accepted (hidden).
             &["--shard-index", i, "--num-shards", "2"],
         ));
         assert_eq!(r.code, 0, "{}", r.stderr);
@@ -299,7 +300,7 @@ fn encode_latents_records_bad_images_splits_and_resumes_identically() {
     let s512 = tmp.path().join("s512");
     let r = run(&mut encode(&images, &s512, "512", &["--dtype", "bf16"]));
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let rows512 = check_layout(&s512, Stage::S512);
+    let rows512 = check_layout(&s512, Resolution::S512);
     let buckets: HashSet<(u32, u32)> = rows512.iter().filter_map(|r| r.bucket).collect();
     assert!(
         buckets.len() >= 3,
@@ -416,7 +417,10 @@ pub fn check_demo_latents(work: &Path) {
         .cloned()
         .collect();
     assert!(!expected.is_empty(), "the demo keeps some images");
-    for (dir, stage) in [("latents-256", Stage::S256), ("latents-512", Stage::S512)] {
+    for (dir, stage) in [
+        ("latents-256", Resolution::S256),
+        ("latents-512", Resolution::S512),
+    ] {
         let rows = check_layout(&work.join(dir), stage);
         let got: HashSet<String> = rows.iter().map(|r| r.key.clone()).collect();
         assert_eq!(got, expected, "{dir}: keep list ∩ not dropped by score");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use curate_gen::rng::Rng;
-use curate_gen::train::data::{write_latent_stage, LatentRow};
+use curate_gen::train::data::{write_latent_stage, LatentDtype, LatentRow};
 
 use crate::common::*;
 use crate::resume::wait_for_line;
@@ -22,10 +22,14 @@ const CAPTIONS: [&str; 4] = [
 fn stage(dir: &Path) {
     let mut rng = Rng::new(11);
     let rows: Vec<LatentRow> = (0..6)
-        .map(|i| LatentRow {
-            key: format!("k{i}"),
-            caption: (i != 5).then(|| CAPTIONS[i % 4].to_string()),
-            latent: Some((rng.normals_f32(16 * 8 * 8), [16, 8, 8])),
+        .map(|i| {
+            LatentRow::from_values(
+                &format!("k{i}"),
+                (i != 5).then(|| CAPTIONS[i % 4].to_string()),
+                &rng.normals_f32(16 * 8 * 8),
+                [16, 8, 8],
+                LatentDtype::Bf16,
+            )
         })
         .collect();
     write_latent_stage(dir, &rows, 4).unwrap();

@@ -430,6 +430,83 @@ impl State {
     pub fn merged_path(&self, round: u32) -> PathBuf {
         self.round_dir(round).join("merged.json")
     }
+    /// The settings and shape of the points (written by `plan`).
+    pub fn info_path(&self) -> PathBuf {
+        self.dir.join("info.json")
+    }
+    /// The points' keys, in index order.
+    pub fn keys_path(&self) -> PathBuf {
+        self.dir.join("keys.json")
+    }
+    /// The points' scores, for `--keep best-score`.
+    pub fn scores_path(&self) -> PathBuf {
+        self.dir.join("scores.json")
+    }
+    /// The unit vectors, little-endian f32 rows.
+    pub fn vectors_path(&self) -> PathBuf {
+        self.dir.join("vectors.f32")
+    }
+
+    /// Writes the vectors file (temporary name, sync, rename).
+    pub fn write_vectors(&self, x: &Matrix) -> Result<(), DedupError> {
+        use std::io::Write;
+        let path = self.vectors_path();
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| DedupError::Io { path: p, source }
+        };
+        let f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut w = std::io::BufWriter::new(f);
+        for v in &x.data {
+            w.write_all(&v.to_le_bytes()).map_err(io(&tmp))?;
+        }
+        w.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// Every vector: `rows` × `dim`.
+    pub fn read_vectors(&self, rows: usize, dim: usize) -> Result<Matrix, DedupError> {
+        let path = self.vectors_path();
+        let bytes = std::fs::read(&path).map_err(|source| DedupError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let data: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .collect();
+        Matrix::new(rows, dim, data)
+    }
+
+    /// The vectors of `members` only, read one by one (a partition's task
+    /// reads its own rows, not the whole file).
+    pub fn read_rows(&self, dim: usize, members: &[u32]) -> Result<Matrix, DedupError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.vectors_path();
+        let f = std::fs::File::open(&path).map_err(|source| DedupError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mut buf = vec![0u8; dim * 4];
+        let mut data = Vec::with_capacity(members.len() * dim);
+        for &m in members {
+            f.read_exact_at(&mut buf, m as u64 * dim as u64 * 4)
+                .map_err(|e| DedupError::Checkpoint {
+                    path: path.clone(),
+                    message: format!("row {m}: {e}"),
+                })?;
+            data.extend(
+                buf.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
+            );
+        }
+        Matrix::new(members.len(), dim, data)
+    }
+
     /// Written by a cooperating task that stopped with an error, so that the
     /// others stop waiting for its partitions; removed when it starts again.
     pub fn failed_path(&self, task: u32) -> PathBuf {

@@ -32,6 +32,12 @@ pub enum GenError {
     Config(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A latents shard that cannot be read (curate-io names the file).
+    #[error(transparent)]
+    Table(#[from] curate_io::IoError),
+    /// An input stage that is not a complete latents stage, or a shard that cannot be written.
+    #[error(transparent)]
+    Stage(#[from] curate_stage::StageError),
 }
 
 pub type Result<T, E = GenError> = std::result::Result<T, E>;

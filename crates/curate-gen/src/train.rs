@@ -386,7 +386,7 @@ pub fn train(
         epoch: 0,
         cursor: 0,
     };
-    let metrics_path = opts.out_dir.join("metrics.jsonl");
+    let metrics_path = opts.out_dir.join(curate_io::train_metrics::FILE);
     let latest = list_checkpoints(&opts.out_dir).pop();
     match (&latest, opts.resume) {
         (Some((_, path)), true) => {

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use curate_gen::rng::Rng;
 use curate_gen::t5::T5Encoder;
-use curate_gen::train::data::{write_latent_stage, LatentIndex, LatentRow};
+use curate_gen::train::data::{write_latent_stage, LatentIndex};
 use curate_gen::train::{RunConfig, StepMetrics, TrainOptions};
+use curate_io::latents::{LatentDtype, LatentRow};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -50,20 +51,17 @@ fn write_stage(dir: &Path) -> Vec<(Vec<f32>, [usize; 3])> {
     let mut rows: Vec<LatentRow> = lat
         .iter()
         .enumerate()
-        .map(|(i, l)| LatentRow {
-            key: format!("k{i}"),
-            caption: Some(CAPTIONS[i].into()),
-            latent: Some(l.clone()),
+        .map(|(i, l)| {
+            LatentRow::from_values(
+                &format!("k{i}"),
+                Some(CAPTIONS[i].into()),
+                &l.0,
+                l.1,
+                LatentDtype::Bf16,
+            )
         })
         .collect();
-    rows.insert(
-        2,
-        LatentRow {
-            key: "bad".into(),
-            caption: None,
-            latent: None,
-        },
-    );
+    rows.insert(2, LatentRow::failed("bad", None, "inference"));
     write_latent_stage(dir, &rows, 64).unwrap();
     // write_latent_stage stores bf16: compare against what was stored.
     lat.into_iter()

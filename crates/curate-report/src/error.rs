@@ -20,6 +20,9 @@ pub enum ReportError {
     Core(#[from] curate_core::CoreError),
     #[error(transparent)]
     Shard(#[from] curate_io::IoError),
+    /// Reading a stage folder (manifest, journal).
+    #[error(transparent)]
+    Runtime(#[from] curate_stage::StageError),
     #[error("{what}")]
     Polars {
         what: String,

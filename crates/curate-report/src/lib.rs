@@ -21,12 +21,15 @@
 pub mod dedup;
 mod error;
 pub mod html;
+mod options;
 pub mod run;
+pub mod stage;
 pub mod stages;
 pub mod stats;
 pub mod svg;
 pub mod thumbs;
 pub mod train;
+mod writer;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -35,63 +38,13 @@ use std::sync::atomic::Ordering;
 
 pub use error::ReportError;
 use html::{esc, num, thousands, NavItem};
+pub use options::{Options, DEFAULT_SWEEP};
 use run::Run;
+use writer::write_file;
+pub use writer::Writer;
 
 /// The file in a report folder listing what the report wrote.
 pub const REPORT_FILE: &str = "report.json";
-
-/// What to report and how.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// A work directory (stage folders), or one stage folder.
-    pub dir: PathBuf,
-    /// Output folder; default `DIR/report` (for a stage folder: `<stage>-report` beside it).
-    pub out: Option<PathBuf>,
-    /// Clusters per cluster page.
-    pub page_size: usize,
-    /// Clusters shown per order (the rest are counted, not shown).
-    pub max_clusters: usize,
-    /// Members shown per cluster.
-    pub max_members: usize,
-    /// Longer side of thumbnails, pixels.
-    pub thumb_size: u32,
-    /// eps-sweep thresholds (the run's eps is added).
-    pub sweep: Vec<f64>,
-}
-
-impl Options {
-    pub fn new(dir: impl Into<PathBuf>) -> Options {
-        Options {
-            dir: dir.into(),
-            out: None,
-            page_size: 50,
-            max_clusters: 5000,
-            max_members: 500,
-            thumb_size: 160,
-            sweep: DEFAULT_SWEEP.to_vec(),
-        }
-    }
-
-    /// Where the report goes.
-    pub fn out_dir(&self) -> PathBuf {
-        if let Some(o) = &self.out {
-            return o.clone();
-        }
-        if self.dir.join(curate_core::stage::MANIFEST).is_file() {
-            let name = self
-                .dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "stage".into());
-            let parent = self.dir.parent().unwrap_or(Path::new("."));
-            return parent.join(format!("{name}-report"));
-        }
-        self.dir.join("report")
-    }
-}
-
-/// Thresholds of the eps sweep unless given.
-pub const DEFAULT_SWEEP: [f64; 8] = [0.8, 0.85, 0.9, 0.92, 0.95, 0.97, 0.98, 0.99];
 
 /// What [`write_report`] wrote.
 #[derive(Debug, Clone, Default)]
@@ -107,41 +60,6 @@ pub struct Written {
     pub bytes: u64,
     /// Pages and thumbnails of an earlier report that this one no longer has.
     pub removed_stale: u64,
-}
-
-/// Writes pages into the report folder and remembers them.
-pub struct Writer {
-    out: PathBuf,
-    nav: Vec<NavItem>,
-    footer: String,
-    pages: Vec<String>,
-}
-
-impl Writer {
-    /// Writes page `file` (a name in the report folder).
-    pub fn page(
-        &mut self,
-        file: &str,
-        title: &str,
-        current: &str,
-        body: &str,
-    ) -> Result<(), ReportError> {
-        let text = html::page(title, &self.nav, current, body, &self.footer);
-        write_file(&self.out.join(file), text.as_bytes())?;
-        self.pages.push(file.to_string());
-        Ok(())
-    }
-}
-
-/// Writes `bytes` to `path` under a temporary name, then renames it.
-pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| ReportError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ReportError::io(path, e))
 }
 
 /// `YYYY-MM-DD HH:MM` UTC of a Unix time.
@@ -446,7 +364,7 @@ fn index_body(
     run: &Run,
     names: &std::collections::HashMap<PathBuf, String>,
     dedup: &std::collections::HashMap<PathBuf, dedup::DedupFacts>,
-    loose: &[(&run::MetricsFile, String)],
+    loose: &[(&train::MetricsFile, String)],
 ) -> String {
     let mut out = String::new();
     let _ = write!(
@@ -475,7 +393,7 @@ fn index_body(
             format!(r#"<a href="{name}.html">{}</a>"#, esc(&s.name)),
             esc(&s.manifest.stage),
             format!("<code>{}</code>", esc(&s.manifest.schema.name)),
-            format!("{}/{}", s.journal.len(), s.manifest.num_shards),
+            format!("{}/{}", s.shards.len(), s.manifest.num_shards),
             thousands(records),
             format!(
                 "{} ({})",

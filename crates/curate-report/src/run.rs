@@ -1,98 +1,14 @@
 //! What a work directory holds: its stage folders (by manifest), the
-//! upstream links between them, and training metrics files.
+//! upstream links between them, and its training metrics files.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use curate_core::stage::{Manifest, ShardRecord, StageDir, MANIFEST};
+use curate_core::stage::MANIFEST;
 
-use crate::ReportError;
-
-/// One stage folder.
-#[derive(Debug, Clone)]
-pub struct Stage {
-    /// Folder name (the pipeline's stage name).
-    pub name: String,
-    pub dir: PathBuf,
-    pub manifest: Manifest,
-    pub journal: Vec<ShardRecord>,
-    /// Files of the complete shards, in shard order.
-    pub files: Vec<PathBuf>,
-    /// Outside the reported directory (an upstream stage named by a manifest).
-    pub external: bool,
-}
-
-impl Stage {
-    pub fn load(dir: &Path, external: bool) -> Result<Option<Stage>, ReportError> {
-        let Some((manifest, journal)) = StageDir::inspect(dir)? else {
-            return Ok(None);
-        };
-        let files = crate::stats::shard_files(dir, &journal);
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| manifest.stage.clone());
-        Ok(Some(Stage {
-            name,
-            dir: dir.to_path_buf(),
-            manifest,
-            journal,
-            files,
-            external,
-        }))
-    }
-
-    pub fn schema(&self) -> &str {
-        &self.manifest.schema.name
-    }
-
-    /// Rows in complete shards.
-    pub fn records(&self) -> u64 {
-        self.journal.iter().map(|r| r.records).sum()
-    }
-
-    pub fn failures(&self) -> u64 {
-        self.journal.iter().map(|r| r.failures).sum()
-    }
-
-    /// Seconds of work over the complete shards (summed over tasks).
-    pub fn work_seconds(&self) -> f64 {
-        self.journal.iter().map(|r| r.duration_s).sum()
-    }
-
-    /// Wall-clock seconds from the first shard's start to the last shard's end.
-    pub fn wall_seconds(&self) -> Option<f64> {
-        let start = self
-            .journal
-            .iter()
-            .map(|r| r.completed_unix as f64 - r.duration_s)
-            .fold(f64::INFINITY, f64::min);
-        let end = self
-            .journal
-            .iter()
-            .map(|r| r.completed_unix as f64)
-            .fold(f64::NEG_INFINITY, f64::max);
-        (end >= start).then_some((end - start).max(0.0))
-    }
-
-    pub fn complete(&self) -> bool {
-        self.journal.len() as u32 == self.manifest.num_shards
-    }
-
-    /// The stage this one read, when its input is a stage folder.
-    pub fn upstream_location(&self) -> Option<PathBuf> {
-        (self.manifest.inputs.kind == "stage")
-            .then(|| PathBuf::from(&self.manifest.inputs.location))
-    }
-}
-
-/// A training metrics file (JSONL, schemas/train_metrics.json).
-#[derive(Debug, Clone)]
-pub struct MetricsFile {
-    /// The folder's name (or the file's stem, for a file directly in the run).
-    pub name: String,
-    pub path: PathBuf,
-}
+use crate::error::ReportError;
+use crate::stage::Stage;
+use crate::train::{find_metrics, MetricsFile};
 
 /// A work directory's stages, in creation (pipeline) order.
 #[derive(Debug)]
@@ -147,7 +63,7 @@ impl Run {
             }
             i += 1;
         }
-        let metrics = crate::train::find_metrics(dir, &stages)?;
+        let metrics = find_metrics(dir, &stages)?;
         Ok(Run {
             dir: dir.to_path_buf(),
             stages,

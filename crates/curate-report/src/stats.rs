@@ -1,66 +1,40 @@
-//! Statistics over shards with polars: lazy scans of the complete shards,
+//! Statistics over shards with polars: lazy scans of the complete shards
+//! (through `curate_io::scan`, which checks each file against the table),
 //! projecting only the columns a statistic needs (never `bytes` or
 //! `latent`), aggregated before anything is collected.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use curate_core::schema::TableSchema;
+use curate_io::IoError;
 use polars::prelude::*;
 
-use crate::ReportError;
+use crate::error::ReportError;
+use crate::stage::Stage;
 
-/// A lazy scan of parquet `files` (a stage's complete shards).
-pub fn scan(files: &[PathBuf]) -> Result<LazyFrame, ReportError> {
-    let what = || {
-        format!(
-            "scanning {}{}",
-            files
-                .first()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            if files.len() > 1 {
-                format!(" and {} more shards", files.len() - 1)
-            } else {
-                String::new()
-            }
-        )
-    };
-    let paths = files
-        .iter()
-        .map(|p| PlRefPath::try_from_path(p))
-        .collect::<PolarsResult<Vec<_>>>()
-        .map_err(|e| ReportError::polars(what(), e))?;
-    let args = ScanArgsParquet {
-        // Shards written before nullable columns were appended to a schema.
-        allow_missing_columns: true,
-        glob: false,
-        cache: false,
-        ..Default::default()
-    };
-    LazyFrame::scan_parquet_files(paths.into_iter().collect(), args)
-        .map_err(|e| ReportError::polars(what(), e))
-}
-
-/// Runs a query. polars panics on a column type it was built without:
-/// that becomes an error naming the query, not a crash.
-pub fn collect(lf: LazyFrame, what: &str) -> Result<DataFrame, ReportError> {
-    guarded(what, || lf.collect())
-}
-
-fn guarded<T>(what: &str, f: impl FnOnce() -> PolarsResult<T>) -> Result<T, ReportError> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => r.map_err(|e| ReportError::polars(what, e)),
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "polars panicked".into());
-            Err(ReportError::polars(
-                what,
-                polars::error::PolarsError::ComputeError(msg.into()),
-            ))
-        }
+/// A polars failure keeps naming the query it was; other errors are the file's.
+fn from_io(e: IoError) -> ReportError {
+    match e {
+        IoError::Polars { what, source } => ReportError::Polars { what, source },
+        e => ReportError::Shard(e),
     }
+}
+
+/// A lazy scan of a stage's complete shards (each checked against the
+/// stage's table first).
+pub fn scan(stage: &Stage) -> Result<LazyFrame, ReportError> {
+    let table = curate_core::schema::get(stage.schema())?;
+    curate_io::scan::scan(table, &stage.files).map_err(from_io)
+}
+
+/// A lazy scan of one stage-level file holding `table` (e.g. `exact_duplicates`).
+pub fn scan_file(table: &TableSchema, path: &Path) -> Result<LazyFrame, ReportError> {
+    curate_io::scan::scan(table, &[path.to_path_buf()]).map_err(from_io)
+}
+
+/// Runs a query; a polars panic becomes an error naming the query.
+pub fn collect(lf: LazyFrame, what: &str) -> Result<DataFrame, ReportError> {
+    curate_io::scan::collect(lf, what).map_err(from_io)
 }
 
 fn series<'a>(df: &'a DataFrame, name: &str) -> Result<&'a Series, ReportError> {
@@ -111,15 +85,17 @@ pub fn bools(df: &DataFrame, name: &str) -> Result<Vec<Option<bool>>, ReportErro
     Ok(ca.iter().collect())
 }
 
-/// The names of the columns the shards have (from the first shard's footer).
-pub fn columns(files: &[PathBuf]) -> Result<Vec<String>, ReportError> {
-    let Some(first) = files.first() else {
+/// The names of the columns a stage's shards have (from the first shard's footer).
+pub fn columns(stage: &Stage) -> Result<Vec<String>, ReportError> {
+    let Some(first) = stage.files.first() else {
         return Ok(Vec::new());
     };
-    let mut lf = scan(std::slice::from_ref(first))?;
-    let schema = guarded(&format!("schema of {}", first.display()), || {
+    let table = curate_core::schema::get(stage.schema())?;
+    let mut lf = scan_file(table, first)?;
+    let schema = curate_io::scan::guarded(&format!("schema of {}", first.display()), || {
         lf.collect_schema()
-    })?;
+    })
+    .map_err(from_io)?;
     Ok(schema.iter_names().map(|n| n.to_string()).collect())
 }
 
@@ -244,15 +220,6 @@ pub fn histogram(
         counts[b] += n.unwrap_or(0) as u64;
     }
     Ok(Histogram { lo, hi, counts })
-}
-
-/// Files of a stage folder's complete shards, in journal order.
-pub fn shard_files(dir: &Path, journal: &[curate_core::stage::ShardRecord]) -> Vec<PathBuf> {
-    journal
-        .iter()
-        .map(|r| dir.join(&r.file))
-        .filter(|p| p.is_file())
-        .collect()
 }
 
 /// Rounds `x` down to a multiple of `step`.

@@ -18,8 +18,8 @@ use curate_vision::preprocess::{load_rgb, DecodeScale, PixelSpec, Resample, Resi
 use curate_vision::Limits;
 use rayon::prelude::*;
 
-use crate::run::Stage;
-use crate::ReportError;
+use crate::error::ReportError;
+use crate::stage::Stage;
 
 /// JPEG quality of thumbnails.
 const QUALITY: u8 = 80;
@@ -190,7 +190,7 @@ impl Thumbs {
             Ok(jpeg) => {
                 let (width, height) = (jpeg.0, jpeg.1);
                 let path = self.root.join(&rel);
-                if let Err(e) = crate::write_file(&path, &jpeg.2) {
+                if let Err(e) = crate::writer::write_file(&path, &jpeg.2) {
                     self.failed.fetch_add(1, Ordering::Relaxed);
                     return Thumb::Missing(e.to_string());
                 }

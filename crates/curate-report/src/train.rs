@@ -12,10 +12,18 @@ use std::fmt::Write;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
+use crate::error::ReportError;
 use crate::html::{self, esc, num};
-use crate::run::{MetricsFile, Stage};
+use crate::stage::Stage;
 use crate::svg::{self, Line};
-use crate::ReportError;
+
+/// A training metrics file (JSONL, schemas/train_metrics.json).
+#[derive(Debug, Clone)]
+pub struct MetricsFile {
+    /// The folder's name (or the file's stem, for a file directly in the run).
+    pub name: String,
+    pub path: PathBuf,
+}
 
 /// One logged optimiser step.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -85,7 +93,7 @@ pub fn find_metrics(dir: &Path, stages: &[Stage]) -> Result<Vec<MetricsFile>, Re
         }
     };
     for s in stages.iter().filter(|s| !s.external && is_train(s)) {
-        let main = s.dir.join("metrics.jsonl");
+        let main = s.dir.join(curate_io::train_metrics::FILE);
         if main.is_file() {
             push(s.name.clone(), main, &mut out);
         } else if let Some(p) = jsonl_files(&s.dir).into_iter().next() {

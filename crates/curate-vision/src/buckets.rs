@@ -10,8 +10,10 @@
 //!   (area ≈ 262144), and the excess of the long side (more than 1.3:1, or
 //!   the rounding to 64) is cropped away at a position drawn from the key.
 //!
-//! Crop positions are a pure function of (seed, stage, key), so reruns,
+//! Crop positions are a pure function of (seed, resolution, key), so reruns,
 //! shard splits and resumes crop every image the same way.
+
+use curate_core::rng::{fnv1a, SplitMix64, FNV_OFFSET};
 
 use crate::pillow::{self, Filter};
 
@@ -55,25 +57,25 @@ pub fn bucket_table(area: u32, tolerance: f64, max_ratio: f64, multiple: u32) ->
     out
 }
 
-/// A resolution stage.
+/// A resolution stage of the training set (256 or 512).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub enum Resolution {
     S256,
     S512,
 }
 
-impl Stage {
+impl Resolution {
     pub fn number(self) -> u16 {
         match self {
-            Stage::S256 => 256,
-            Stage::S512 => 512,
+            Resolution::S256 => 256,
+            Resolution::S512 => 512,
         }
     }
 
-    pub fn from_number(n: u32) -> Option<Stage> {
+    pub fn from_number(n: u32) -> Option<Resolution> {
         match n {
-            256 => Some(Stage::S256),
-            512 => Some(Stage::S512),
+            256 => Some(Resolution::S256),
+            512 => Some(Resolution::S512),
             _ => None,
         }
     }
@@ -81,8 +83,8 @@ impl Stage {
     /// The buckets (height, width) this stage can produce.
     pub fn buckets(self) -> Vec<(u32, u32)> {
         match self {
-            Stage::S256 => vec![(256, 256)],
-            Stage::S512 => BUCKETS_512.to_vec(),
+            Resolution::S256 => vec![(256, 256)],
+            Resolution::S512 => BUCKETS_512.to_vec(),
         }
     }
 }
@@ -119,19 +121,19 @@ pub fn bucket_512(width: u32, height: u32) -> (u32, u32) {
         .expect("the table is not empty")
 }
 
-/// Where the image `key` of `width`×`height` (upright) goes at `stage`.
-pub fn place(stage: Stage, width: u32, height: u32, key: &str, seed: u64) -> Placement {
-    let (bh, bw) = match stage {
-        Stage::S256 => (256, 256),
-        Stage::S512 => bucket_512(width, height),
+/// Where the image `key` of `width`×`height` (upright) goes at `resolution`.
+pub fn place(resolution: Resolution, width: u32, height: u32, key: &str, seed: u64) -> Placement {
+    let (bh, bw) = match resolution {
+        Resolution::S256 => (256, 256),
+        Resolution::S512 => bucket_512(width, height),
     };
     // The smallest size keeping the aspect ratio that covers the bucket.
     let scale = (bw as f64 / width as f64).max(bh as f64 / height as f64);
     let rw = ((width as f64 * scale).round() as u32).max(bw);
     let rh = ((height as f64 * scale).round() as u32).max(bh);
-    let mut rng = CropRng::new(seed, stage, key);
-    let crop_left = rng.below(rw - bw + 1);
-    let crop_top = rng.below(rh - bh + 1);
+    let mut rng = crop_rng(seed, resolution, key);
+    let crop_left = rng.below((rw - bw + 1) as u64) as u32;
+    let crop_top = rng.below((rh - bh + 1) as u64) as u32;
     Placement {
         resized_width: rw,
         resized_height: rh,
@@ -167,34 +169,14 @@ pub fn resize_crop(rgb: &[u8], width: u32, height: u32, p: &Placement) -> Vec<u8
     )
 }
 
-/// The per-key random stream of crop positions: SplitMix64 seeded from
-/// FNV-1a of the key, mixed with the seed and the stage.
-pub struct CropRng(u64);
-
-impl CropRng {
-    pub fn new(seed: u64, stage: Stage, key: &str) -> CropRng {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in key.bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        let mut r = CropRng(h ^ seed.rotate_left(17) ^ (stage.number() as u64) << 48);
-        r.next_u64();
-        r
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (Lemire's multiply-shift; the bias is < n / 2⁶⁴).
-    pub fn below(&mut self, n: u32) -> u32 {
-        ((self.next_u64() as u128 * n as u128) >> 64) as u32
-    }
+/// The per-key random stream of crop positions (and caption choices):
+/// curate-core's SplitMix64 seeded from FNV-1a of the key, mixed with the
+/// seed and the resolution.
+pub fn crop_rng(seed: u64, resolution: Resolution, key: &str) -> SplitMix64 {
+    let h = fnv1a(FNV_OFFSET, key.as_bytes());
+    let mut r = SplitMix64::new(h ^ seed.rotate_left(17) ^ (resolution.number() as u64) << 48);
+    r.next_u64();
+    r
 }
 
 #[cfg(test)]
@@ -212,9 +194,9 @@ mod tests {
     /// Property test over random sizes (seeded, 20 000 draws, ratios up to 6:1).
     #[test]
     fn stage_512_places_every_size_in_a_valid_bucket() {
-        let mut rng = CropRng::new(7, Stage::S512, "sizes");
+        let mut rng = crop_rng(7, Resolution::S512, "sizes");
         for i in 0..20_000 {
-            let short = 16 + rng.below(3000);
+            let short = 16 + rng.below(3000) as u32;
             let ratio = 1.0 + (rng.below(5000) as f64 / 1000.0);
             let long = (short as f64 * ratio) as u32;
             let (w, h) = if rng.below(2) == 0 {
@@ -223,7 +205,7 @@ mod tests {
                 (short, long)
             };
             let key = format!("{i:016x}");
-            let p = place(Stage::S512, w, h, &key, 1);
+            let p = place(Resolution::S512, w, h, &key, 1);
             let area = (p.bucket_h * p.bucket_w) as f64;
             assert!(
                 (area / AREA_512 as f64 - 1.0).abs() <= AREA_TOLERANCE,
@@ -252,7 +234,7 @@ mod tests {
                 assert!(p.bucket_h > p.bucket_w, "{w}x{h} → {p:?}");
             }
             // The same key always gets the same crop.
-            assert_eq!(place(Stage::S512, w, h, &key, 1), p);
+            assert_eq!(place(Resolution::S512, w, h, &key, 1), p);
         }
     }
 
@@ -265,25 +247,28 @@ mod tests {
             (256, 256),
             (5000, 300),
         ] {
-            let p = place(Stage::S256, w, h, "k", 0);
+            let p = place(Resolution::S256, w, h, "k", 0);
             assert_eq!((p.bucket_h, p.bucket_w), (256, 256));
             assert_eq!(p.resized_width.min(p.resized_height), 256, "{w}x{h}");
             assert!(p.crop_left + 256 <= p.resized_width);
             assert!(p.crop_top + 256 <= p.resized_height);
         }
-        assert_eq!(place(Stage::S256, 1024, 768, "k", 0).resized_width, 341);
+        assert_eq!(
+            place(Resolution::S256, 1024, 768, "k", 0).resized_width,
+            341
+        );
     }
 
     #[test]
     fn crops_depend_on_key_seed_and_stage_only() {
-        let a = place(Stage::S256, 2000, 300, "aaaa", 0);
-        assert_eq!(a, place(Stage::S256, 2000, 300, "aaaa", 0));
+        let a = place(Resolution::S256, 2000, 300, "aaaa", 0);
+        assert_eq!(a, place(Resolution::S256, 2000, 300, "aaaa", 0));
         let lefts: std::collections::HashSet<u32> = (0..64)
-            .map(|i| place(Stage::S256, 2000, 300, &format!("key{i}"), 0).crop_left)
+            .map(|i| place(Resolution::S256, 2000, 300, &format!("key{i}"), 0).crop_left)
             .collect();
         assert!(lefts.len() > 50, "positions spread over keys: {lefts:?}");
         let seeds: std::collections::HashSet<u32> = (0..64)
-            .map(|s| place(Stage::S256, 2000, 300, "aaaa", s).crop_left)
+            .map(|s| place(Resolution::S256, 2000, 300, "aaaa", s).crop_left)
             .collect();
         assert!(seeds.len() > 50);
     }

@@ -32,7 +32,8 @@ use image::{DynamicImage, RgbImage};
 use crate::{DecodeError, Format, Limits};
 
 /// Pillow's resampling filters, by the integer HF configs store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Resample {
     Nearest,
     Bilinear,
@@ -63,7 +64,8 @@ impl Resample {
 }
 
 /// How the image is resized before the crop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Resize {
     /// The shorter side becomes this; the longer is `int(size * long / short)`.
     ShortestEdge(u32),
@@ -73,8 +75,9 @@ pub enum Resize {
     None,
 }
 
-/// Whether JPEGs may be decoded at reduced DCT scale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Whether JPEGs may be decoded at reduced DCT scale (in manifests: `full`, `reduced`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DecodeScale {
     /// Full-size decode, as the reference does.
     Full,
@@ -94,8 +97,10 @@ impl std::str::FromStr for DecodeScale {
     }
 }
 
-/// A model's pixel preprocessing.
-#[derive(Debug, Clone, PartialEq)]
+/// A model's pixel preprocessing. Serialised (for a stage's manifest) as
+/// `{"resize": {"shortest_edge": 224}, "resample": "bicubic", "crop": [224, 224],
+/// "rescale": 0.00392…, "normalize": {"mean": […], "std": […]}}`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PixelSpec {
     pub resize: Resize,
     pub resample: Resample,
@@ -103,7 +108,29 @@ pub struct PixelSpec {
     pub crop: Option<(u32, u32)>,
     pub rescale: Option<f64>,
     /// Per-channel mean and std; `None` skips normalisation.
+    #[serde(serialize_with = "mean_std")]
     pub normalize: Option<([f32; 3], [f32; 3])>,
+}
+
+/// `normalize` as `{"mean": [..], "std": [..]}` (or null), each value the
+/// f64 of its shortest f32 decimal (`0.485`, not `0.48500001430511475`).
+fn mean_std<S: serde::Serializer>(
+    v: &Option<([f32; 3], [f32; 3])>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(serde::Serialize)]
+    struct MeanStd {
+        mean: [f64; 3],
+        std: [f64; 3],
+    }
+    let decimal = |x: [f32; 3]| x.map(|v| v.to_string().parse::<f64>().unwrap_or(v as f64));
+    serde::Serialize::serialize(
+        &v.as_ref().map(|(mean, std)| MeanStd {
+            mean: decimal(*mean),
+            std: decimal(*std),
+        }),
+        s,
+    )
 }
 
 /// OpenAI CLIP's constants (`CLIPImageProcessor` defaults).
@@ -575,4 +602,35 @@ fn decode_jpeg_decoder(
         }
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_is_structured_json_in_manifests() {
+        let clip = serde_json::to_value(PixelSpec::clip()).unwrap();
+        assert_eq!(clip["resize"], serde_json::json!({"shortest_edge": 224}));
+        assert_eq!(clip["resample"], "bicubic");
+        assert_eq!(clip["crop"], serde_json::json!([224, 224]));
+        assert_eq!(clip["normalize"]["mean"].as_array().unwrap().len(), 3);
+        let imagenet = serde_json::to_value(PixelSpec::squash(768, IMAGENET_MEAN, IMAGENET_STD));
+        assert_eq!(
+            imagenet.unwrap()["normalize"]["mean"],
+            serde_json::json!([0.485, 0.456, 0.406])
+        );
+        assert!(clip["normalize"]["std"].is_array());
+        let squash = serde_json::to_value(PixelSpec::squash(384, [0.5; 3], [0.5; 3])).unwrap();
+        assert_eq!(
+            squash["resize"],
+            serde_json::json!({"exact": {"height": 384, "width": 384}})
+        );
+        assert!(squash["crop"].is_null());
+        assert_eq!(
+            serde_json::to_value(DecodeScale::Reduced).unwrap(),
+            "reduced"
+        );
+        assert_eq!(serde_json::to_value(DecodeScale::Full).unwrap(), "full");
+    }
 }

@@ -8,14 +8,12 @@
 //! (epoch, batch index) cursor restores the data order exactly.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow_array::cast::AsArray;
-use arrow_array::{Array, RecordBatch};
 use candle_core::{Device, Tensor};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ProjectionMask;
+use curate_io::latents;
+pub use curate_io::latents::{LatentDtype, LatentRow};
+use curate_stage::Upstream;
 
 use crate::rng::Rng;
 use crate::{GenError, Result};
@@ -39,80 +37,38 @@ pub struct LatentIndex {
     pub groups: Vec<Group>,
 }
 
-fn pq_err(path: &Path, e: impl std::fmt::Display) -> GenError {
-    GenError::Config(format!("{}: {e}", path.display()))
-}
-
-fn read_group(path: &Path, rg: usize, cols: &[&str]) -> Result<Vec<RecordBatch>> {
-    let file = File::open(path).map_err(|source| GenError::Io {
-        path: path.into(),
-        source,
-    })?;
-    let b = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(path, e))?;
-    let mut idx = Vec::new();
-    for c in cols {
-        idx.push(b.schema().index_of(c).map_err(|_| {
-            GenError::Config(format!(
-                "{}: no column `{c}` (not a latents shard?)",
-                path.display()
-            ))
-        })?);
-    }
-    let mask = ProjectionMask::roots(b.parquet_schema(), idx);
-    let reader = b
-        .with_row_groups(vec![rg])
-        .with_projection(mask)
-        .build()
-        .map_err(|e| pq_err(path, e))?;
-    reader
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| pq_err(path, e))
-}
-
-fn col<'a>(b: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a dyn Array> {
-    b.column_by_name(name)
-        .map(|c| c.as_ref())
-        .ok_or_else(|| GenError::Config(format!("{}: no column `{name}`", path.display())))
-}
-
 impl LatentIndex {
+    /// The complete shards of the latent stages `dirs`, read together.
+    pub fn from_stages(dirs: &[PathBuf]) -> Result<Self> {
+        let mut shards = Vec::new();
+        for dir in dirs {
+            shards.extend(Upstream::open(dir, &["latents"])?.files());
+        }
+        Self::open(&shards)
+    }
+
     /// Reads the footers and the status / latent_shape columns of `shards`.
     pub fn open(shards: &[PathBuf]) -> Result<Self> {
         let mut groups = Vec::new();
         for path in shards {
-            let file = File::open(path).map_err(|source| GenError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let b = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(path, e))?;
-            let n = b.metadata().num_row_groups();
-            for rg in 0..n {
+            for rg in 0..latents::row_groups(path)? {
                 let mut ok_rows = Vec::new();
                 let mut hw: Option<(usize, usize)> = None;
-                let mut row = 0;
-                for batch in read_group(path, rg, &["status", "latent_shape"])? {
-                    let status = col(&batch, "status", path)?.as_string::<i32>();
-                    let shape = col(&batch, "latent_shape", path)?.as_fixed_size_list();
-                    for r in 0..batch.num_rows() {
-                        if status.value(r) == "ok" && shape.is_valid(r) {
-                            let s = shape.value(r);
-                            let s = s.as_primitive::<arrow_array::types::UInt32Type>();
-                            let this = (s.value(1) as usize, s.value(2) as usize);
-                            match hw {
-                                None => hw = Some(this),
-                                Some(h) if h != this => {
-                                    return Err(GenError::Config(format!(
-                                        "{} row group {rg}: latents of shapes {h:?} and {this:?} in one row group \
-                                         (each row group must hold one bucket)",
-                                        path.display()
-                                    )))
-                                }
-                                _ => {}
-                            }
-                            ok_rows.push(row);
+                for (row, shape) in latents::ok_shapes(path, rg)?.into_iter().enumerate() {
+                    let Some(s) = shape else { continue };
+                    let this = (s[1], s[2]);
+                    match hw {
+                        None => hw = Some(this),
+                        Some(h) if h != this => {
+                            return Err(GenError::Config(format!(
+                                "{} row group {rg}: latents of shapes {h:?} and {this:?} in one row group \
+                                 (each row group must hold one bucket)",
+                                path.display()
+                            )))
                         }
-                        row += 1;
+                        _ => {}
                     }
+                    ok_rows.push(row);
                 }
                 if let Some(hw) = hw {
                     groups.push(Group {
@@ -231,30 +187,18 @@ impl Loader {
             captions: HashMap::new(),
             keys: HashMap::new(),
         };
+        let mut cols = latents::COLUMNS.to_vec();
+        cols.push("caption");
         let mut row = 0;
-        for b in read_group(
-            path,
-            grp.row_group,
-            &["key", "latent", "latent_shape", "latent_dtype", "caption"],
-        )? {
-            let lat = col(&b, "latent", path)?;
-            let shape = col(&b, "latent_shape", path)?.as_fixed_size_list();
-            let dtype = col(&b, "latent_dtype", path)?.as_string::<i32>();
-            let cap = col(&b, "caption", path)?.as_string::<i32>();
-            let key = col(&b, "key", path)?.as_string::<i32>();
-            for r in 0..b.num_rows() {
+        for b in latents::read_row_group(path, grp.row_group, &cols)? {
+            for r in latents::rows(&b)? {
                 if want.contains(&row) {
-                    let bytes: &[u8] = match lat.as_binary_opt::<i32>() {
-                        Some(a) => a.value(r),
-                        None => lat.as_binary::<i64>().value(r),
-                    };
-                    let s = shape.value(r);
-                    let s = s.as_primitive::<arrow_array::types::UInt32Type>();
-                    let (c, h, w) = (
-                        s.value(0) as usize,
-                        s.value(1) as usize,
-                        s.value(2) as usize,
-                    );
+                    let [c, h, w] = r.shape.ok_or_else(|| {
+                        GenError::Config(format!(
+                            "{}: ok row without a latent_shape",
+                            path.display()
+                        ))
+                    })?;
                     if c < self.channels {
                         return Err(GenError::Config(format!(
                             "{}: latent with {c} channels, the model needs {}",
@@ -262,12 +206,14 @@ impl Loader {
                             self.channels
                         )));
                     }
-                    let v = decode(bytes, dtype.value(r), c * h * w, path)?;
+                    let v = r
+                        .to_f32()
+                        .map_err(|e| GenError::Config(format!("{}: {e}", path.display())))?;
                     out.latents.insert(row, v[..self.channels * h * w].to_vec());
-                    if cap.is_valid(r) {
-                        out.captions.insert(row, cap.value(r).to_string());
+                    if let Some(caption) = r.caption {
+                        out.captions.insert(row, caption);
                     }
-                    out.keys.insert(row, key.value(r).to_string());
+                    out.keys.insert(row, r.key);
                 }
                 row += 1;
             }
@@ -276,63 +222,13 @@ impl Loader {
     }
 }
 
-/// Little-endian latent bytes of `dtype` → f32.
-pub fn decode(bytes: &[u8], dtype: &str, n: usize, path: &Path) -> Result<Vec<f32>> {
-    let size = match dtype {
-        "f32" => 4,
-        "bf16" | "f16" => 2,
-        other => {
-            return Err(GenError::Config(format!(
-                "{}: latent_dtype `{other}` (expected bf16, f16 or f32)",
-                path.display()
-            )))
-        }
-    };
-    if bytes.len() != n * size {
-        return Err(GenError::Config(format!(
-            "{}: latent of {} bytes, expected {} ({n} × {dtype})",
-            path.display(),
-            bytes.len(),
-            n * size
-        )));
-    }
-    Ok(match dtype {
-        "f32" => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        "bf16" => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        _ => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-    })
-}
-
-/// One row of a latent shard written by [`write_latent_stage`] (tests, benchmarks).
-#[derive(Debug, Clone)]
-pub struct LatentRow {
-    pub key: String,
-    pub caption: Option<String>,
-    /// [C, H, W] values; `None` writes an error row.
-    pub latent: Option<(Vec<f32>, [usize; 3])>,
-}
-
 /// Writes `rows` as a one-shard `latents` stage in `dir` (manifest, journal,
-/// part-00000.parquet; bf16 like encode-latents' default), cutting a row
-/// group at every change of latent shape and every `rows_per_group` rows.
-/// For tests and benchmarks, before (or instead of) `encode-latents` output.
+/// part-00000.parquet), cutting a row group at every change of latent shape
+/// and every `rows_per_group` rows. Rows are made with
+/// [`LatentRow::from_values`] (bf16, like encode-latents' default) and
+/// [`LatentRow::failed`]. For tests and benchmarks, before (or instead of)
+/// `encode-latents` output.
 pub fn write_latent_stage(dir: &Path, rows: &[LatentRow], rows_per_group: usize) -> Result<()> {
-    use arrow_array::builder::{
-        BinaryBuilder, FixedSizeListBuilder, StringBuilder, UInt16Builder, UInt32Builder,
-    };
-    use arrow_array::ArrayRef;
-    use std::sync::Arc;
-    let cfg = |e: &dyn std::fmt::Display| GenError::Config(format!("{}: {e}", dir.display()));
-    let table = curate_core::schema::get("latents").map_err(|e| cfg(&e))?;
     let spec = curate_core::stage::StageSpec {
         stage: "encode-latents".into(),
         schema: "latents".into(),
@@ -346,132 +242,27 @@ pub fn write_latent_stage(dir: &Path, rows: &[LatentRow], rows_per_group: usize)
         },
         num_shards: 1,
     };
-    let (stage, _) = curate_core::stage::StageDir::open(dir, &spec, true).map_err(|e| cfg(&e))?;
-    let schema = curate_io::default_schema(table).map_err(|e| cfg(&e))?;
-    let dest = stage.shard_path(0);
-    let tmp = stage.tmp_path(0);
-    let mut w =
-        curate_io::ShardWriter::create(table, schema.clone(), &tmp, &dest, &Default::default())
-            .map_err(|e| cfg(&e))?;
-    let mut groups: Vec<&[LatentRow]> = Vec::new();
+    let (stage, _) = curate_core::stage::StageDir::open(dir, &spec, true)
+        .map_err(curate_stage::StageError::from)?;
+    let schema = latents::arrow_schema(None).map_err(curate_stage::StageError::from)?;
+    let mut shard = curate_stage::TableShard::begin(
+        &stage,
+        0,
+        latents::table(),
+        schema.clone(),
+        rows_per_group,
+    )?;
     let mut start = 0;
     for i in 1..=rows.len() {
-        let cut = i == rows.len()
-            || i - start == rows_per_group
-            || rows[i].latent.as_ref().map(|l| l.1) != rows[start].latent.as_ref().map(|l| l.1);
-        if cut {
-            groups.push(&rows[start..i]);
+        if i == rows.len() || i - start == rows_per_group || rows[i].shape != rows[start].shape {
+            let group = &rows[start..i];
+            shard.write(
+                &latents::to_batch(group, &schema)?,
+                group.iter().filter_map(|r| r.reason.as_deref()),
+            )?;
             start = i;
         }
     }
-    let mut failures = 0;
-    for g in groups {
-        let n = g.len();
-        let mut cols: Vec<ArrayRef> = Vec::new();
-        for f in schema.fields() {
-            let arr: ArrayRef = match f.name().as_str() {
-                "key" => Arc::new(
-                    g.iter()
-                        .map(|r| Some(r.key.clone()))
-                        .collect::<arrow_array::StringArray>(),
-                ),
-                "status" => Arc::new(
-                    g.iter()
-                        .map(|r| Some(if r.latent.is_some() { "ok" } else { "error" }))
-                        .collect::<arrow_array::StringArray>(),
-                ),
-                "reason" | "error" => {
-                    let mut b = StringBuilder::new();
-                    for r in g {
-                        b.append_option(r.latent.is_none().then_some("inference"));
-                    }
-                    Arc::new(b.finish())
-                }
-                "stage" => {
-                    let mut b = UInt16Builder::new();
-                    (0..n).for_each(|_| b.append_value(256));
-                    Arc::new(b.finish())
-                }
-                "bucket_h" | "bucket_w" => {
-                    let mut b = UInt32Builder::new();
-                    for r in g {
-                        let i = if f.name() == "bucket_h" { 1 } else { 2 };
-                        b.append_option(r.latent.as_ref().map(|l| (l.1[i] * 8) as u32));
-                    }
-                    Arc::new(b.finish())
-                }
-                "latent" => {
-                    let mut b = BinaryBuilder::new();
-                    for r in g {
-                        b.append_option(r.latent.as_ref().map(|l| {
-                            l.0.iter()
-                                .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-                                .collect::<Vec<u8>>()
-                        }));
-                    }
-                    Arc::new(b.finish())
-                }
-                "latent_shape" => {
-                    let child = match f.data_type() {
-                        arrow_schema_dt::FixedSizeList(c, _) => c.clone(),
-                        other => return Err(cfg(&format!("latent_shape is {other}"))),
-                    };
-                    let mut b =
-                        FixedSizeListBuilder::new(UInt32Builder::new(), 3).with_field(child);
-                    for r in g {
-                        match &r.latent {
-                            Some(l) => {
-                                l.1.iter().for_each(|&d| b.values().append_value(d as u32));
-                                b.append(true);
-                            }
-                            None => {
-                                (0..3).for_each(|_| b.values().append_null());
-                                b.append(false);
-                            }
-                        }
-                    }
-                    Arc::new(b.finish())
-                }
-                "latent_dtype" => Arc::new(
-                    g.iter()
-                        .map(|r| r.latent.as_ref().map(|_| "bf16"))
-                        .collect::<arrow_array::StringArray>(),
-                ),
-                "caption" => Arc::new(
-                    g.iter()
-                        .map(|r| r.caption.clone())
-                        .collect::<arrow_array::StringArray>(),
-                ),
-                _ => arrow_array::new_null_array(f.data_type(), n),
-            };
-            cols.push(arr);
-        }
-        failures += g.iter().filter(|r| r.latent.is_none()).count() as u64;
-        let batch = RecordBatch::try_new(schema.clone(), cols).map_err(|e| cfg(&e))?;
-        w.write(&batch).map_err(|e| cfg(&e))?;
-        w.flush().map_err(|e| cfg(&e))?;
-    }
-    let (records, bytes) = w.finish().map_err(|e| cfg(&e))?;
-    stage
-        .commit_shard(curate_core::stage::ShardRecord {
-            shard: 0,
-            file: curate_core::stage::StageDir::shard_name(0),
-            records,
-            failures,
-            reasons: if failures > 0 {
-                [("inference".to_string(), failures)].into()
-            } else {
-                Default::default()
-            },
-            bytes,
-            duration_s: 0.0,
-            inputs: vec![],
-            completed_unix: 0,
-            host: None,
-            slurm_job: None,
-        })
-        .map_err(|e| cfg(&e))?;
+    shard.commit(vec![], 0.0)?;
     Ok(())
 }
-
-use arrow_schema::DataType as arrow_schema_dt;

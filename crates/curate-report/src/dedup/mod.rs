@@ -1,113 +1,35 @@
 //! Dedup pages: the overview (rounds, cluster sizes, similarity
 //! histograms, the eps sweep) and the paginated cluster pages in two
 //! orders (largest first; lowest similarity first, so chains come first).
+//!
+//! - [`analysis`]: the eps sweep, size bins (no polars);
+//! - [`members`]: the shown clusters' members with their images' facts;
+//! - [`pages`]: the cluster pages.
+
+mod analysis;
+mod members;
+mod pages;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
 
 use polars::prelude::*;
 
+use analysis::{bin_step, plural, size_bins};
+pub use analysis::{sweep, Cluster, SweepRow};
+use members::read_members;
+pub use pages::cluster_page;
+use pages::{cluster_page_body, ClusterPage, ORDERS};
+
+use crate::error::ReportError;
 use crate::html::{self, esc, pct, thousands};
-use crate::run::{Run, Stage};
+use crate::options::Options;
+use crate::run::Run;
+use crate::stage::Stage;
 use crate::stats::{self, collect, f64s, i64s, strs};
 use crate::svg::{self, Marker};
 use crate::thumbs::{Thumb, Thumbs};
-use crate::{Options, ReportError, Writer};
-
-/// One cluster (two or more images).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Cluster {
-    pub id: i64,
-    pub size: u64,
-    /// Lowest cosine to the representative over the members.
-    pub min_cos: f64,
-}
-
-/// One row of the eps sweep.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SweepRow {
-    pub threshold: f32,
-    /// Images whose stored nearest neighbour has cos ≥ threshold.
-    pub with_neighbour: u64,
-    /// Images in the groups those nearest-neighbour links form.
-    pub linked: u64,
-    /// `linked − groups`: each group keeps one image.
-    pub removed: u64,
-}
-
-/// The eps sweep from nearest-neighbour links `(image, nearest, cos)`:
-/// for each threshold (any order), the images with a link ≥ it and what
-/// the groups of linked images would remove. Comparisons in f32, as dedup makes them.
-pub fn sweep(links: &[(String, String, f32)], thresholds: &[f32]) -> Vec<SweepRow> {
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    let mut edges: Vec<(usize, usize, f32)> = Vec::with_capacity(links.len());
-    for (a, b, c) in links {
-        let n = index.len();
-        let i = *index.entry(a.as_str()).or_insert(n);
-        let n = index.len();
-        let j = *index.entry(b.as_str()).or_insert(n);
-        edges.push((i, j, *c));
-    }
-    edges.sort_by(|x, y| y.2.total_cmp(&x.2));
-    let mut parent: Vec<usize> = (0..index.len()).collect();
-    let mut in_graph = vec![false; index.len()];
-    fn find(p: &mut [usize], mut x: usize) -> usize {
-        while p[x] != x {
-            p[x] = p[p[x]];
-            x = p[x];
-        }
-        x
-    }
-    let mut order: Vec<f32> = thresholds.to_vec();
-    order.sort_by(|a, b| b.total_cmp(a));
-    order.dedup();
-    let (mut next, mut nodes, mut unions) = (0usize, 0u64, 0u64);
-    let mut rows = Vec::new();
-    for t in order {
-        while next < edges.len() && edges[next].2 >= t {
-            let (i, j, _) = edges[next];
-            for k in [i, j] {
-                if !in_graph[k] {
-                    in_graph[k] = true;
-                    nodes += 1;
-                }
-            }
-            let (ri, rj) = (find(&mut parent, i), find(&mut parent, j));
-            if ri != rj {
-                parent[ri] = rj;
-                unions += 1;
-            }
-            next += 1;
-        }
-        rows.push(SweepRow {
-            threshold: t,
-            with_neighbour: next as u64,
-            linked: nodes,
-            removed: unions,
-        });
-    }
-    rows.sort_by(|a, b| a.threshold.total_cmp(&b.threshold));
-    rows
-}
-
-/// A member as a cluster page shows it.
-#[derive(Debug, Clone)]
-struct Member {
-    key: String,
-    cluster_id: i64,
-    round: Option<i64>,
-    role: Option<String>,
-    merged_into: Option<String>,
-    representative: Option<String>,
-    cos: Option<f64>,
-    kept: bool,
-    source: Option<String>,
-    url: Option<String>,
-    page_url: Option<String>,
-    width: Option<i64>,
-    height: Option<i64>,
-    format: Option<String>,
-}
+use crate::writer::Writer;
 
 /// What the index shows of a dedup stage.
 #[derive(Debug, Clone, Default)]
@@ -148,31 +70,6 @@ fn settings(stage: &Stage, summary: Option<&serde_json::Value>) -> Settings {
     }
 }
 
-/// A bin width giving at most `max_bins` bins over `[lo, hi]`.
-fn bin_step(lo: f64, hi: f64, max_bins: usize) -> f64 {
-    for s in [
-        0.001, 0.002, 0.0025, 0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5,
-    ] {
-        if (hi - lo) / s <= max_bins as f64 {
-            return s;
-        }
-    }
-    1.0
-}
-
-/// File name of page `page` (1-based) of an order.
-pub fn cluster_page(name: &str, order: &str, page: usize) -> String {
-    format!("{name}-{order}-{page:03}.html")
-}
-
-const ORDERS: [(&str, &str); 2] = [
-    ("by-size", "largest first"),
-    (
-        "by-min-cos",
-        "lowest similarity first (chained clusters first)",
-    ),
-];
-
 /// Writes the overview `<name>.html` and the cluster pages.
 pub fn write(
     w: &mut Writer,
@@ -183,7 +80,7 @@ pub fn write(
     opts: &Options,
 ) -> Result<DedupFacts, ReportError> {
     let what = |s: &str| format!("dedup stage {}: {s}", stage.dir.display());
-    let summary_path = stage.dir.join("summary.json");
+    let summary_path = stage.output(curate_io::dedup_clusters::SUMMARY_FILE);
     let summary: Option<serde_json::Value> = match std::fs::read(&summary_path) {
         Ok(b) => Some(
             serde_json::from_slice(&b).map_err(|source| ReportError::Json {
@@ -199,7 +96,7 @@ pub fn write(
     if stage.files.is_empty() {
         let body = format!(
             "<p>The dedup stage has not finished: no clusters table yet ({} of {} shards).</p>",
-            stage.journal.len(),
+            stage.shards.len(),
             stage.manifest.num_shards
         );
         w.page(
@@ -210,7 +107,7 @@ pub fn write(
         )?;
         return Ok(DedupFacts::default());
     }
-    let lf = || stats::scan(&stage.files);
+    let lf = || stats::scan(stage);
 
     // Totals and removals per round.
     let totals = collect(
@@ -689,488 +586,4 @@ pub fn write(
         clusters: clusters.len() as u64,
         chained,
     })
-}
-
-fn plural(n: usize, what: &str) -> String {
-    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
-}
-
-/// Cluster counts by size: every size up to 12, then ranges. `(label, clusters, images)`.
-fn size_bins(clusters: &[Cluster]) -> Vec<(String, u64, u64)> {
-    let max = clusters.iter().map(|c| c.size).max().unwrap_or(0);
-    let ranges: Vec<(u64, u64)> = if max <= 12 {
-        (2..=max.max(2)).map(|s| (s, s)).collect()
-    } else {
-        let mut r: Vec<(u64, u64)> = (2..=5).map(|s| (s, s)).collect();
-        for (a, b) in [
-            (6, 10),
-            (11, 20),
-            (21, 50),
-            (51, 100),
-            (101, 1000),
-            (1001, u64::MAX),
-        ] {
-            if a <= max {
-                r.push((a, b));
-            }
-        }
-        r
-    };
-    ranges
-        .into_iter()
-        .map(|(a, b)| {
-            let (n, imgs) = clusters
-                .iter()
-                .filter(|c| c.size >= a && c.size <= b)
-                .fold((0, 0), |(n, i), c| (n + 1, i + c.size));
-            let label = if a == b {
-                a.to_string()
-            } else if b == u64::MAX {
-                format!("> {}", a - 1)
-            } else {
-                format!("{a}–{b}")
-            };
-            (label, n, imgs)
-        })
-        .collect()
-}
-
-/// The members of the `shown` clusters, with their images' source facts.
-fn read_members(
-    run: &Run,
-    stage: &Stage,
-    shown: &BTreeSet<i64>,
-    what: &str,
-) -> Result<HashMap<i64, Vec<Member>>, ReportError> {
-    let mut out: HashMap<i64, Vec<Member>> = HashMap::new();
-    if shown.is_empty() {
-        return Ok(out);
-    }
-    let ids = DataFrame::new(
-        shown.len(),
-        vec![Column::new(
-            "cluster_id".into(),
-            shown.iter().copied().collect::<Vec<i64>>(),
-        )],
-    )
-    .map_err(|e| ReportError::polars(what, e))?;
-    let mut lf = stats::scan(&stage.files)?
-        .select([
-            col("key"),
-            col("cluster_id"),
-            col("round"),
-            col("role"),
-            col("merged_into"),
-            col("representative"),
-            col("cosine_to_representative"),
-            col("kept"),
-        ])
-        .join(
-            ids.lazy(),
-            [col("cluster_id")],
-            [col("cluster_id")],
-            JoinArgs::new(JoinType::Semi),
-        );
-    let image_cols = ["source", "url", "page_url", "width", "height", "format"];
-    let images = run.images_of(stage).filter(|i| !i.files.is_empty());
-    if let Some(images) = images {
-        let mut sel = vec![col("key")];
-        sel.extend(image_cols.iter().map(|c| col(*c)));
-        lf = lf.join(
-            stats::scan(&images.files)?.select(sel),
-            [col("key")],
-            [col("key")],
-            JoinArgs::new(JoinType::Left),
-        );
-    }
-    let df = collect(lf, what)?;
-    let opt_strs = |c: &str| -> Result<Vec<Option<String>>, ReportError> {
-        if images.is_some() {
-            strs(&df, c)
-        } else {
-            Ok(vec![None; df.height()])
-        }
-    };
-    let opt_ints = |c: &str| -> Result<Vec<Option<i64>>, ReportError> {
-        if images.is_some() {
-            i64s(&df, c)
-        } else {
-            Ok(vec![None; df.height()])
-        }
-    };
-    let key = strs(&df, "key")?;
-    let cid = i64s(&df, "cluster_id")?;
-    let round = i64s(&df, "round")?;
-    let role = strs(&df, "role")?;
-    let merged = strs(&df, "merged_into")?;
-    let rep = strs(&df, "representative")?;
-    let cos = f64s(&df, "cosine_to_representative")?;
-    let kept = crate::stats::bools(&df, "kept")?;
-    let source = opt_strs("source")?;
-    let url = opt_strs("url")?;
-    let page_url = opt_strs("page_url")?;
-    let width = opt_ints("width")?;
-    let height = opt_ints("height")?;
-    let format = opt_strs("format")?;
-    for i in 0..df.height() {
-        let Some(cluster_id) = cid[i] else { continue };
-        out.entry(cluster_id).or_default().push(Member {
-            key: key[i].clone().unwrap_or_default(),
-            cluster_id,
-            round: round[i],
-            role: role[i].clone(),
-            merged_into: merged[i].clone(),
-            representative: rep[i].clone(),
-            cos: cos[i],
-            kept: kept[i].unwrap_or(false),
-            source: source[i].clone(),
-            url: url[i].clone(),
-            page_url: page_url[i].clone(),
-            width: width[i],
-            height: height[i],
-            format: format[i].clone(),
-        });
-    }
-    for ms in out.values_mut() {
-        ms.sort_by(|a, b| {
-            b.kept
-                .cmp(&a.kept)
-                .then(b.cos.unwrap_or(0.0).total_cmp(&a.cos.unwrap_or(0.0)))
-                .then(a.key.cmp(&b.key))
-        });
-    }
-    Ok(out)
-}
-
-struct ClusterPage<'a> {
-    name: &'a str,
-    order: &'a str,
-    label: &'a str,
-    page: usize,
-    pages: usize,
-    first: usize,
-    shown_total: usize,
-    total: usize,
-    chunk: &'a [Cluster],
-    members: &'a HashMap<i64, Vec<Member>>,
-    thumbs: &'a HashMap<String, Thumb>,
-    eps: f32,
-    max_members: usize,
-    local_root: Option<&'a str>,
-    overview: &'a str,
-}
-
-fn pager(p: &ClusterPage) -> String {
-    let mut out = String::from(r#"<nav class="pager" aria-label="pages">"#);
-    let link = |n: usize, text: &str| {
-        format!(
-            r#"<a href="{}">{text}</a>"#,
-            cluster_page(p.name, p.order, n)
-        )
-    };
-    if p.page > 1 {
-        out.push_str(&link(p.page - 1, "‹ previous"));
-    }
-    let mut last_shown = 0;
-    for n in 1..=p.pages {
-        let near = n == 1 || n == p.pages || n.abs_diff(p.page) <= 3;
-        if !near {
-            continue;
-        }
-        if n > last_shown + 1 {
-            out.push_str("<span>…</span>");
-        }
-        if n == p.page {
-            let _ = write!(out, r#"<span class="cur">{n}</span>"#);
-        } else {
-            out.push_str(&link(n, &n.to_string()));
-        }
-        last_shown = n;
-    }
-    if p.page < p.pages {
-        out.push_str(&link(p.page + 1, "next ›"));
-    }
-    out.push_str("</nav>");
-    out
-}
-
-/// A path for a `file://` URL: characters that would end or alter it escaped.
-fn file_href(root: &str, rel: &str) -> String {
-    let full = format!("{}/{}", root.trim_end_matches('/'), rel);
-    let mut out = String::from("file://");
-    for c in full.chars() {
-        match c {
-            ' ' => out.push_str("%20"),
-            '#' => out.push_str("%23"),
-            '?' => out.push_str("%3F"),
-            '%' => out.push_str("%25"),
-            '"' => out.push_str("%22"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn short_url(u: &str) -> String {
-    let s = u
-        .trim_start_matches("https://")
-        .trim_start_matches("http://");
-    if s.chars().count() > 48 {
-        let head: String = s.chars().take(22).collect();
-        let tail: String = s
-            .chars()
-            .rev()
-            .take(22)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        format!("{head}…{tail}")
-    } else {
-        s.to_string()
-    }
-}
-
-fn cluster_page_body(p: ClusterPage) -> String {
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        r#"<p class="orders">Order: {} · <a href="{}">overview</a></p>"#,
-        ORDERS
-            .iter()
-            .map(|(o, l)| {
-                format!(
-                    r#"<a href="{}"{}>{}</a>"#,
-                    cluster_page(p.name, o, 1),
-                    if *o == p.order {
-                        r#" aria-current="true""#
-                    } else {
-                        ""
-                    },
-                    l
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" · "),
-        p.overview
-    );
-    if p.chunk.is_empty() {
-        out.push_str("<p>No clusters: dedup found no near-duplicates.</p>");
-        return out;
-    }
-    let _ = write!(
-        out,
-        r#"<p class="note">Clusters {}–{} of {}{}, {}. Each shows every member: its thumbnail, the kept image marked, the cosine to the kept image (members below eps {} are shaded: they joined through a chain), where it came from.</p>"#,
-        thousands(p.first as u64 + 1),
-        thousands((p.first + p.chunk.len()) as u64),
-        thousands(p.shown_total as u64),
-        if p.total > p.shown_total {
-            format!(" shown (of {})", thousands(p.total as u64))
-        } else {
-            String::new()
-        },
-        p.label,
-        p.eps
-    );
-    out.push_str(&pager(&p));
-    for c in p.chunk {
-        let chained = (c.min_cos as f32) < p.eps;
-        let _ = write!(
-            out,
-            r#"<section class="cluster{}" id="c{}" data-cluster-id="{}" data-size="{}" data-min-cos="{:.4}"><h3>Cluster {} · {} images · lowest cosine to the kept image {:.4}{}</h3><div class="members">"#,
-            if chained { " chained" } else { "" },
-            c.id,
-            c.id,
-            c.size,
-            c.min_cos,
-            c.id,
-            c.size,
-            c.min_cos,
-            if chained {
-                r#" <span class="badge chain">chained: below eps</span>"#
-            } else {
-                ""
-            }
-        );
-        let empty = Vec::new();
-        let ms = p.members.get(&c.id).unwrap_or(&empty);
-        for m in ms.iter().take(p.max_members) {
-            member(&mut out, m, &p);
-        }
-        out.push_str("</div>");
-        if ms.len() > p.max_members {
-            let _ = write!(
-                out,
-                r#"<p class="warn">… and {} more members not shown (--max-members {}).</p>"#,
-                thousands((ms.len() - p.max_members) as u64),
-                p.max_members
-            );
-        }
-        out.push_str("</section>");
-    }
-    out.push_str(&pager(&p));
-    out
-}
-
-fn member(out: &mut String, m: &Member, p: &ClusterPage) {
-    let below = m.cos.is_some_and(|c| (c as f32) < p.eps);
-    let _ = write!(
-        out,
-        r#"<figure class="member{}{}" data-key="{}" data-cos="{}"><div class="thumb">"#,
-        if m.kept { " kept" } else { "" },
-        if below { " below" } else { "" },
-        esc(&m.key),
-        m.cos.map(|c| format!("{c:.4}")).unwrap_or_default()
-    );
-    match p.thumbs.get(&m.key) {
-        Some(Thumb::Ready {
-            href,
-            width,
-            height,
-        }) => {
-            let _ = write!(
-                out,
-                r#"<img src="{}" width="{width}" height="{height}" alt="image {}">"#,
-                esc(href),
-                esc(&m.key)
-            );
-        }
-        Some(Thumb::Missing(why)) => {
-            let _ = write!(
-                out,
-                r#"<div class="missing">no thumbnail: {}</div>"#,
-                esc(why)
-            );
-        }
-        None => out.push_str(r#"<div class="missing">no images stage found</div>"#),
-    }
-    out.push_str("</div><figcaption>");
-    if m.kept {
-        out.push_str(r#"<span class="badge">kept</span> representative<br>"#);
-    } else {
-        let _ = write!(
-            out,
-            r#"cos <span class="cos">{}</span>{}<br>"#,
-            m.cos.map(|c| format!("{c:.4}")).unwrap_or("–".into()),
-            if below { " (below eps)" } else { "" }
-        );
-    }
-    let round = m.round.map(|r| r.to_string()).unwrap_or("–".into());
-    if m.kept {
-        let _ = write!(out, "kept through round {round}");
-    } else {
-        let _ = write!(
-            out,
-            "removed in round {round} ({})",
-            esc(m.role.as_deref().unwrap_or("–"))
-        );
-    }
-    if let (Some(via), Some(rep)) = (&m.merged_into, &m.representative) {
-        if via != rep {
-            let _ = write!(out, " · via <code>{}</code>", esc(via));
-        }
-    }
-    out.push_str("<br>");
-    let url = m.url.as_deref().or_else(|| {
-        m.source
-            .as_deref()
-            .filter(|s| s.starts_with("http://") || s.starts_with("https://"))
-    });
-    match (url, &m.source) {
-        (Some(u), _) => {
-            let _ = write!(
-                out,
-                r#"<a href="{}" title="{}">{}</a>"#,
-                esc(u),
-                esc(u),
-                esc(&short_url(u))
-            );
-            if let Some(pu) = &m.page_url {
-                let _ = write!(out, r#" · <a href="{}">page</a>"#, esc(pu));
-            }
-        }
-        (None, Some(src)) => match p.local_root {
-            Some(root) => {
-                let _ = write!(
-                    out,
-                    r#"<a href="{}">{}</a>"#,
-                    esc(&file_href(root, src)),
-                    esc(src)
-                );
-            }
-            None => {
-                let _ = write!(out, "{}", esc(src));
-            }
-        },
-        (None, None) => out.push_str("source unknown"),
-    }
-    if let (Some(w), Some(h)) = (m.width, m.height) {
-        let _ = write!(
-            out,
-            "<br>{w}×{h} {}",
-            esc(m.format.as_deref().unwrap_or(""))
-        );
-    }
-    let _ = write!(
-        out,
-        "<br><code>{}</code></figcaption></figure>",
-        esc(&m.key)
-    );
-    let _ = m.cluster_id;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn l(a: &str, b: &str, c: f32) -> (String, String, f32) {
-        (a.into(), b.into(), c)
-    }
-
-    #[test]
-    fn sweep_counts_images_with_a_neighbour_and_groups() {
-        // a–b 0.99, b–a 0.99, c–b 0.95 (chain), d–e 0.97, e–d 0.97, f–a 0.85
-        let links = vec![
-            l("a", "b", 0.99),
-            l("b", "a", 0.99),
-            l("c", "b", 0.95),
-            l("d", "e", 0.97),
-            l("e", "d", 0.97),
-            l("f", "a", 0.85),
-        ];
-        let rows = sweep(&links, &[0.9, 0.99, 0.8, 0.96, 0.99]);
-        let got: Vec<(f32, u64, u64, u64)> = rows
-            .iter()
-            .map(|r| (r.threshold, r.with_neighbour, r.linked, r.removed))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (0.8, 6, 6, 4),  // {a,b,c,f} and {d,e}: 6 images, 2 groups
-                (0.9, 5, 5, 3),  // {a,b,c}, {d,e}
-                (0.96, 4, 4, 2), // {a,b}, {d,e}
-                (0.99, 2, 2, 1), // {a,b}
-            ]
-        );
-        // f32 comparison: 0.99f32 is at the threshold 0.99f32.
-        assert_eq!(sweep(&[l("x", "y", 0.99)], &[0.99])[0].with_neighbour, 1);
-    }
-
-    #[test]
-    fn size_bins_cover_every_cluster() {
-        let cs: Vec<Cluster> = [2, 2, 3, 7, 15, 40, 2000]
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Cluster {
-                id: i as i64,
-                size: *s,
-                min_cos: 0.95,
-            })
-            .collect();
-        let bins = size_bins(&cs);
-        assert_eq!(bins.iter().map(|b| b.1).sum::<u64>(), 7);
-        assert_eq!(bins.iter().map(|b| b.2).sum::<u64>(), 2069);
-        assert_eq!(bins[0], ("2".into(), 2, 4));
-        assert_eq!(bins.last().unwrap(), &("> 1000".to_string(), 1, 2000));
-    }
 }

@@ -4,8 +4,41 @@ use curate_core::hash::sha256_hex;
 use curate_core::record::{ImageRecord, Status, Stored};
 use curate_vision::image::imageops::FilterType;
 use curate_vision::{Format, Limits};
+use serde::{Deserialize, Serialize};
 
-use crate::cli::{ImageArgs, StorePolicy, Verify};
+/// What the `bytes` column holds (`--store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorePolicy {
+    /// Source bytes for plain JPEG/PNG/WebP (8-bit RGB or grey, upright); the rest re-encoded.
+    Auto,
+    /// Always the source bytes.
+    Original,
+    /// Always upright 8-bit RGB, re-encoded (JPEG sources as JPEG, others as PNG).
+    Reencoded,
+}
+
+/// How images are checked (`--verify`): `Full` decodes every pixel;
+/// `Header` checks headers and structure and decodes only what must be re-encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    Full,
+    Header,
+}
+
+/// How images are checked and stored (the image flags of ingest and fetch).
+#[derive(Debug, Clone)]
+pub struct ImageSettings {
+    pub store: StorePolicy,
+    /// Largest width × height decoded; larger images are `too_large`.
+    pub max_pixels: u64,
+    /// JPEG quality when re-encoding a JPEG source.
+    pub jpeg_quality: u8,
+    pub verify: Verify,
+    /// Decoding threads (0 = all cores).
+    pub threads: usize,
+}
 
 /// How image bytes are checked and stored.
 #[derive(Debug, Clone)]
@@ -21,15 +54,15 @@ pub struct Validation {
 }
 
 impl Validation {
-    pub fn new(args: &ImageArgs, min_side: u32, max_side: Option<u32>) -> Self {
+    pub fn new(image: &ImageSettings, min_side: u32, max_side: Option<u32>) -> Self {
         Validation {
-            store: args.store,
-            verify: args.verify,
+            store: image.store,
+            verify: image.verify,
             limits: Limits {
-                max_pixels: args.max_pixels,
+                max_pixels: image.max_pixels,
                 ..Limits::default()
             },
-            jpeg_quality: args.jpeg_quality,
+            jpeg_quality: image.jpeg_quality,
             min_side,
             max_side,
         }
@@ -190,5 +223,22 @@ pub fn image_record(key: String, source: String, bytes: Vec<u8>, v: &Validation)
         stored_format: Some(stored_format.as_str().to_string()),
         bytes: Some(out),
         download: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_enums_serialise_as_the_manifest_always_had_them() {
+        let j = serde_json::json!({
+            "store": [StorePolicy::Auto, StorePolicy::Original, StorePolicy::Reencoded],
+            "verify": [Verify::Full, Verify::Header],
+        });
+        assert_eq!(
+            j.to_string(),
+            r#"{"store":["auto","original","reencoded"],"verify":["full","header"]}"#
+        );
     }
 }
