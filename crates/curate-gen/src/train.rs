@@ -26,7 +26,7 @@ use crate::optim::{AdamW, OptimConfig};
 use crate::rng::Rng;
 use crate::t5::{T5Encoder, TextCache};
 use crate::{GenError, Result};
-use data::{BatchPlan, LatentIndex, Loader};
+use data::{EpochPlan, LatentIndex, Loader};
 
 /// The training recipe (the `train` table of pipelines/configs/dit-*.json).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -451,10 +451,9 @@ pub fn train(
     let fm = FlowMatcher::new(cfg.train.sigma);
     let mut loader = Loader::new(index, cfg.model.latent_channels, dev);
     let mut cache = TextCache::default();
-    let mut plan: Vec<BatchPlan> =
-        loader
-            .index()
-            .plan(opts.seed, state.epoch, cfg.train.batch_size);
+    let mut plan: EpochPlan = loader
+        .index()
+        .plan(opts.seed, state.epoch, cfg.train.batch_size);
     let mut plan_epoch = state.epoch;
     let (mut first_loss, mut last_loss, mut last_ck) = (None, None, None);
     let mut t_prev = Instant::now();

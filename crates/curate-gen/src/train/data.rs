@@ -91,7 +91,7 @@ impl LatentIndex {
     }
 
     /// The batches of `epoch`, a function of (seed, epoch) and the index only.
-    pub fn plan(&self, seed: u64, epoch: u64, batch_size: usize) -> Vec<BatchPlan> {
+    pub fn plan(&self, seed: u64, epoch: u64, batch_size: usize) -> EpochPlan {
         let mut rng = Rng::derive(seed, epoch);
         let mut order: Vec<usize> = (0..self.groups.len()).collect();
         rng.shuffle(&mut order);
@@ -109,7 +109,36 @@ impl LatentIndex {
             }
         }
         out.extend(buffers.into_values().filter(|b| !b.is_empty()));
-        out
+        EpochPlan::new(out, self.groups.len())
+    }
+}
+
+/// The batches of one epoch and, per row group, the last batch that uses
+/// it, so the loader drops a group after its last use in O(batch) per step
+/// (planning is O(rows) once per epoch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochPlan {
+    batches: Vec<BatchPlan>,
+    last_use: Vec<usize>,
+}
+
+impl EpochPlan {
+    fn new(batches: Vec<BatchPlan>, groups: usize) -> Self {
+        let mut last_use = vec![usize::MAX; groups];
+        for (k, b) in batches.iter().enumerate() {
+            for &(g, _) in b {
+                last_use[g] = k;
+            }
+        }
+        EpochPlan { batches, last_use }
+    }
+}
+
+impl std::ops::Deref for EpochPlan {
+    type Target = [BatchPlan];
+
+    fn deref(&self) -> &[BatchPlan] {
+        &self.batches
     }
 }
 
@@ -149,7 +178,7 @@ impl Loader {
     }
 
     /// Loads batch `k` of `plan`, then drops the row groups no later batch uses.
-    pub fn load(&mut self, plan: &[BatchPlan], k: usize) -> Result<Batch> {
+    pub fn load(&mut self, plan: &EpochPlan, k: usize) -> Result<Batch> {
         let batch = &plan[k];
         for &(g, _) in batch {
             if !self.cache.contains_key(&g) {
@@ -168,9 +197,11 @@ impl Loader {
             keys.push(d.keys.get(&r).cloned().unwrap_or_default());
         }
         let latents = Tensor::from_vec(flat, (batch.len(), self.channels, h, w), &self.device)?;
-        let later: std::collections::HashSet<usize> =
-            plan[k + 1..].iter().flatten().map(|&(g, _)| g).collect();
-        self.cache.retain(|g, _| later.contains(g));
+        for &(g, _) in batch {
+            if plan.last_use[g] <= k {
+                self.cache.remove(&g);
+            }
+        }
         Ok(Batch {
             latents,
             captions,
@@ -265,4 +296,42 @@ pub fn write_latent_stage(dir: &Path, rows: &[LatentRow], rows_per_group: usize)
     }
     shard.commit(vec![], 0.0)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use curate_io::latents::LatentDtype;
+
+    /// Every row group is held from its first use to its last and no longer;
+    /// an epoch ends with nothing cached.
+    #[test]
+    fn the_loader_holds_a_row_group_only_until_its_last_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rows: Vec<LatentRow> = (0..24)
+            .map(|i| {
+                let v = vec![i as f32; 4 * 2 * 2];
+                LatentRow::from_values(&format!("k{i}"), None, &v, [4, 2, 2], LatentDtype::F32)
+            })
+            .collect();
+        write_latent_stage(tmp.path(), &rows, 4).unwrap();
+        let index = LatentIndex::from_stages(&[tmp.path().to_path_buf()]).unwrap();
+        assert_eq!(index.groups.len(), 6);
+        let plan = index.plan(7, 0, 3);
+        let mut loader = Loader::new(index, 4, &Device::Cpu);
+        let mut seen = std::collections::BTreeSet::new();
+        for k in 0..plan.len() {
+            let batch = loader.load(&plan, k).unwrap();
+            seen.extend(batch.keys);
+            for &g in loader.cache.keys() {
+                let first = plan.iter().position(|b| b.iter().any(|&(h, _)| h == g));
+                assert!(
+                    first.unwrap() <= k && plan.last_use[g] > k,
+                    "group {g} after batch {k}"
+                );
+            }
+        }
+        assert!(loader.cache.is_empty());
+        assert_eq!(seen.len(), 24, "every row once");
+    }
 }
