@@ -45,6 +45,10 @@ pub struct TrainArgs {
     /// candle device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Most MiB of T5 hidden states cached between steps (captions are
+    /// encoded on the fly; the oldest are evicted first and re-encoded when they return).
+    #[arg(long, default_value_t = 2048)]
+    pub text_cache_mb: usize,
     /// Discard the output folder's checkpoints and metrics first.
     #[arg(long)]
     pub overwrite: bool,

@@ -60,6 +60,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<curate_gen::train::TrainSummary> 
         resume: args.resume,
         stop_after: args.stop_after,
         device,
+        text_cache_bytes: args.text_cache_mb.saturating_mul(1 << 20),
     };
     tracing::info!(
         "train: {} latents in {} row groups, {} steps, batch {}",

@@ -314,28 +314,84 @@ pub fn relative_buckets(l: usize, num_buckets: usize, max_distance: usize) -> Ve
 }
 
 /// A per-caption cache of encoder outputs (the encoder is frozen):
-/// caption → ([L, d_model] hidden states of its real tokens).
-#[derive(Default)]
+/// caption → ([L, d_model] hidden states of its real tokens), holding at
+/// most `capacity` bytes of them: the oldest captions are evicted first and
+/// encoded again when they come back (each caption is encoded on its own,
+/// so a re-encoded row is the same as the evicted one).
 pub struct TextCache {
     map: HashMap<String, Tensor>,
+    order: std::collections::VecDeque<String>,
+    bytes: usize,
+    capacity: usize,
+}
+
+impl Default for TextCache {
+    /// Unbounded (tests; training bounds it with `--text-cache-mb`).
+    fn default() -> Self {
+        Self::with_capacity(usize::MAX)
+    }
 }
 
 impl TextCache {
+    /// A cache holding at most `capacity` bytes of hidden states.
+    pub fn with_capacity(capacity: usize) -> Self {
+        TextCache {
+            map: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            bytes: 0,
+            capacity,
+        }
+    }
+
+    /// Bytes of hidden states held now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Captions held now.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     /// Hidden states [B, L, D] and mask [B, L] for `texts`, padded to the
-    /// longest, encoding (one by one) only captions not seen before.
+    /// longest, encoding (one by one) only captions not held. The batch's
+    /// own captions are never evicted while it is being built.
     pub fn batch(
         &mut self,
         enc: &T5Encoder,
         texts: &[&str],
         max_len: usize,
     ) -> Result<(Tensor, Tensor)> {
+        let mut fresh: HashMap<&str, Tensor> = HashMap::new();
         for t in texts {
-            if !self.map.contains_key(*t) {
+            if !self.map.contains_key(*t) && !fresh.contains_key(*t) {
                 let (h, _) = enc.encode(&[t], max_len)?;
-                self.map.insert(t.to_string(), h.squeeze(0)?);
+                fresh.insert(t, h.squeeze(0)?);
             }
         }
-        let rows: Vec<&Tensor> = texts.iter().map(|t| &self.map[*t]).collect();
+        let held: Vec<Tensor> = texts
+            .iter()
+            .map(|t| fresh.get(*t).unwrap_or_else(|| &self.map[*t]).clone())
+            .collect();
+        for (t, h) in fresh {
+            let size = h.elem_count() * h.dtype().size_in_bytes();
+            self.bytes += size;
+            self.map.insert(t.to_string(), h);
+            self.order.push_back(t.to_string());
+        }
+        while self.bytes > self.capacity {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(h) = self.map.remove(&old) {
+                self.bytes -= h.elem_count() * h.dtype().size_in_bytes();
+            }
+        }
+        let rows: Vec<&Tensor> = held.iter().collect();
         let l = rows
             .iter()
             .map(|r| r.dim(0).unwrap_or(0))
@@ -361,13 +417,5 @@ impl TextCache {
             Tensor::stack(&padded, 0)?,
             Tensor::from_vec(mask, (texts.len(), l), enc.device())?,
         ))
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }

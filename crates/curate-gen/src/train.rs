@@ -84,6 +84,8 @@ pub struct TrainOptions {
     /// run's length (the schedule's horizon): a time-limited job's slice.
     pub stop_after: Option<u64>,
     pub device: Device,
+    /// Most bytes of T5 hidden states kept between steps (oldest captions evicted first).
+    pub text_cache_bytes: usize,
 }
 
 /// One metrics JSONL line.
@@ -450,7 +452,7 @@ pub fn train(
         })?;
     let fm = FlowMatcher::new(cfg.train.sigma);
     let mut loader = Loader::new(index, cfg.model.latent_channels, dev);
-    let mut cache = TextCache::default();
+    let mut cache = TextCache::with_capacity(opts.text_cache_bytes);
     let mut plan: EpochPlan = loader
         .index()
         .plan(opts.seed, state.epoch, cfg.train.batch_size);

@@ -142,6 +142,30 @@ fn t5_encoder_matches_transformers() {
     .to_scalar::<f32>()
     .unwrap();
     assert!(diff < 1e-5, "cache differs by {diff}");
+
+    // A cache bounded below one batch's captions evicts the oldest and
+    // re-encodes them: the same rows, never more than its bound held after.
+    let one = hc.dim(2).unwrap() * 4 * 2; // two tokens of f32 rows
+    let mut small = curate_gen::t5::TextCache::with_capacity(one);
+    for _ in 0..2 {
+        let (hb, mb) = small.batch(&enc, &texts, max).unwrap();
+        let d = (hb.broadcast_mul(&mb.unsqueeze(2).unwrap()).unwrap()
+            - hc.broadcast_mul(&mc.unsqueeze(2).unwrap()).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+        assert_eq!(d, 0.0, "a re-encoded caption differs");
+        assert!(
+            small.bytes() <= one,
+            "{} bytes held, bound {one}",
+            small.bytes()
+        );
+        assert!(small.len() < texts.len(), "nothing was evicted");
+    }
 }
 
 fn tiny() -> DitConfig {

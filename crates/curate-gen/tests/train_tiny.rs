@@ -93,6 +93,8 @@ fn opts(out: &Path, steps: u64, every: u64, resume: bool, stop: Option<u64>) -> 
         resume,
         stop_after: stop,
         device: Device::Cpu,
+        // A few captions' worth: eviction and re-encoding must not change the losses.
+        text_cache_bytes: 4096,
     }
 }
 
@@ -296,4 +298,26 @@ fn stopped_and_resumed_run_repeats_the_uninterrupted_losses() {
             .unwrap();
         assert_eq!(d, 0.0, "{k}");
     }
+}
+
+#[test]
+fn a_bounded_text_cache_gives_the_unbounded_losses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stage = tmp.path().join("latents");
+    write_stage(&stage);
+    let text = T5Encoder::load(&repo().join("fixtures/gen/t5-tiny"), &Device::Cpu).unwrap();
+    let mut cfg = config(0.25, 0.05);
+    cfg.train.batch_size = 3;
+    let run = |name: &str, bytes: usize| {
+        let out = tmp.path().join(name);
+        let mut o = opts(&out, 8, 8, false, None);
+        o.text_cache_bytes = bytes;
+        let index = LatentIndex::open(&shards(&stage)).unwrap();
+        curate_gen::train::train(&cfg, &o, index, &text, &mut |_, _| {}).unwrap();
+        metrics(&out).iter().map(|m| m.loss).collect::<Vec<_>>()
+    };
+    let unbounded = run("unbounded", usize::MAX);
+    assert_eq!(unbounded.len(), 8);
+    // 0 bytes: every caption is evicted after its step and encoded again.
+    assert_eq!(run("none", 0), unbounded);
 }
