@@ -38,7 +38,7 @@ pub const FLUX_SHIFT: f64 = 0.1159;
 pub const FLUX_SCALE: f64 = 0.3611;
 
 /// The architecture, as read off the weights.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct VaeConfig {
     pub in_channels: usize,
     pub out_channels: usize,

@@ -127,7 +127,7 @@ impl EncodeLatents {
         let config = serde_json::json!({
             "stage": stage,
             "vae": vae_id,
-            "vae_config": format!("{:?}", vae.config),
+            "vae_config": vae.config,
             "store": s.store.name(),
             "dtype": s.dtype.name(),
             "seed": s.select.seed,
@@ -140,7 +140,7 @@ impl EncodeLatents {
             "no_tag": s.select.no_tag,
             "require_caption": s.select.require_caption,
             "selected": selection.keys.as_ref().map(|k| k.len()),
-            "decode_scale": format!("{:?}", s.decode_scale),
+            "decode_scale": s.decode_scale,
         });
         let schema = latents::arrow_schema(Some(&LatentsMeta {
             shift_factor: vae.shift,
