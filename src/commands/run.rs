@@ -87,16 +87,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     if file.stage.is_empty() {
         bail!("pipeline {} lists no [[stage]]", args.pipeline.display());
     }
-    let mut names = std::collections::HashSet::new();
-    for s in &file.stage {
-        let name = s.name.clone().unwrap_or_else(|| s.run.clone());
-        if !names.insert(name.clone()) {
-            bail!(
-                "pipeline {}: two stages named `{name}` (set `name`)",
-                args.pipeline.display()
-            );
-        }
-    }
+    check_stage_names(&file.stage)
+        .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", args.pipeline.display()))?;
+    let names: Vec<String> = file
+        .stage
+        .iter()
+        .map(|s| s.name.clone().unwrap_or_else(|| s.run.clone()))
+        .collect();
     for o in &args.only {
         if !names.contains(o) {
             bail!("--only {o}: no such stage in {}", args.pipeline.display());
@@ -292,6 +289,40 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Stage names are unique, and every `@name` (as `input` or a flag's value)
+/// is an earlier stage: a typo stops the pipeline before anything runs.
+fn check_stage_names(stages: &[StageTable]) -> Result<(), String> {
+    let mut earlier: Vec<String> = Vec::new();
+    for s in stages {
+        let name = s.name.clone().unwrap_or_else(|| s.run.clone());
+        if earlier.contains(&name) {
+            return Err(format!("two stages named `{name}` (set `name`)"));
+        }
+        let mut refs: Vec<&str> = s.input.iter().map(String::as_str).collect();
+        for v in s.flags.values() {
+            match v {
+                toml::Value::String(v) => refs.push(v),
+                toml::Value::Array(a) => refs.extend(a.iter().filter_map(|x| x.as_str())),
+                _ => {}
+            }
+        }
+        for r in refs.into_iter().filter_map(|r| r.strip_prefix('@')) {
+            if !earlier.iter().any(|e| e == r) {
+                return Err(format!(
+                    "stage `{name}`: `@{r}` names no earlier stage (earlier: {})",
+                    if earlier.is_empty() {
+                        "none".to_string()
+                    } else {
+                        earlier.join(", ")
+                    }
+                ));
+            }
+        }
+        earlier.push(name);
+    }
+    Ok(())
+}
+
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -403,6 +434,43 @@ fn normalize(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn references_must_name_an_earlier_stage() {
+        let t: PipelineFile = toml::from_str(
+            r#"
+            [pipeline]
+            name = "t"
+            work_dir = "work"
+            [[stage]]
+            run = "ingest"
+            name = "images"
+            input = "x"
+            [[stage]]
+            run = "caption"
+            input = "@images"
+            keep = "@dedup"
+            [[stage]]
+            run = "dedup"
+            input = "@images"
+            "#,
+        )
+        .unwrap();
+        let err = check_stage_names(&t.stage).unwrap_err();
+        assert_eq!(
+            err,
+            "stage `caption`: `@dedup` names no earlier stage (earlier: images)"
+        );
+        assert!(check_stage_names(&t.stage[..1]).is_ok());
+        let twice: PipelineFile = toml::from_str(
+            "[pipeline]\nname = \"t\"\nwork_dir = \"w\"\n[[stage]]\nrun = \"ingest\"\ninput = \"x\"\n[[stage]]\nrun = \"ingest\"\ninput = \"y\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            check_stage_names(&twice.stage).unwrap_err(),
+            "two stages named `ingest` (set `name`)"
+        );
+    }
 
     #[test]
     fn tables_become_flags() {

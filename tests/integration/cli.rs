@@ -274,5 +274,48 @@ fn the_megalith_pipeline_checks_out_in_a_dry_run() {
         !line.contains("--task-index"),
         "array tasks take their index from Slurm: {line}"
     );
+    // Every stage in order, each parsed as its command's flags, `@` references
+    // resolved to earlier stages' folders, GPUs where a model runs.
+    let stages: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with('[')).collect();
+    let names: Vec<&str> = stages
+        .iter()
+        .map(|l| l.split_once("] ").unwrap().1.split(':').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "images",
+            "embeddings",
+            "dedup",
+            "scores",
+            "captions",
+            "latents-256",
+            "latents-512",
+            "train-256",
+            "train-512",
+            "samples"
+        ]
+    );
+    for l in &stages {
+        assert!(!l.contains(" @"), "unresolved reference: {l}");
+    }
+    let line_of = |name: &str| {
+        stages
+            .iter()
+            .find(|l| l.contains(&format!("] {name}: ")))
+            .unwrap()
+    };
+    assert!(line_of("captions").contains(&format!("--keep {}", work.join("dedup").display())));
+    assert!(line_of("latents-512").contains("--stage 512"));
+    assert!(line_of("samples").contains(&format!(
+        "--checkpoint {}",
+        work.join("train-512").display()
+    )));
+    let scripts = std::fs::read_to_string(repo().join("pipelines/megalith-10m.toml")).unwrap();
+    assert_eq!(
+        scripts.matches("gpus = 1").count(),
+        8,
+        "every model stage asks for a GPU"
+    );
     assert!(!work.exists(), "a dry run writes nothing");
 }
