@@ -5,8 +5,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::UInt32Type;
 use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{ArrowError, SchemaRef};
 use curate_core::schema::TableSchema;
@@ -131,26 +129,11 @@ pub fn read(
 }
 
 fn from_batch(path: &Path, batch: &RecordBatch) -> Result<Vec<CaptionRow>, IoError> {
-    let bad = |column: &str| IoError::MissingColumn {
-        path: path.to_path_buf(),
-        column: column.to_string(),
-    };
-    let s = |n: &str| {
-        batch
-            .column_by_name(n)
-            .and_then(|c| c.as_string_opt::<i32>())
-            .ok_or_else(|| bad(n))
-    };
+    let s = |n: &str| crate::column::<StringArray>(path, batch, n);
     let (key, task, status) = (s("key")?, s("task")?, s("status")?);
     let (reason, error, caption) = (s("reason")?, s("error")?, s("caption")?);
-    let tokens = batch
-        .column_by_name("num_tokens")
-        .and_then(|c| c.as_primitive_opt::<UInt32Type>())
-        .ok_or_else(|| bad("num_tokens"))?;
-    let truncated = batch
-        .column_by_name("truncated")
-        .and_then(|c| c.as_boolean_opt())
-        .ok_or_else(|| bad("truncated"))?;
+    let tokens = crate::column::<UInt32Array>(path, batch, "num_tokens")?;
+    let truncated = crate::column::<BooleanArray>(path, batch, "truncated")?;
     let text = |a: &StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_string());
     Ok((0..batch.num_rows())
         .map(|i| CaptionRow {

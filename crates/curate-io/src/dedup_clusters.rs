@@ -5,8 +5,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, Int64Type, UInt32Type};
 use arrow_array::{
     Array, ArrayRef, BooleanArray, Float32Array, Int64Array, RecordBatch, StringArray, UInt32Array,
 };
@@ -128,25 +126,9 @@ pub fn read(path: &Path) -> Result<Vec<ClusterRow>, IoError> {
 }
 
 fn from_batch(path: &Path, b: &RecordBatch) -> Result<Vec<ClusterRow>, IoError> {
-    let bad = |column: &str| IoError::MissingColumn {
-        path: path.to_path_buf(),
-        column: column.to_string(),
-    };
-    let s = |n: &str| {
-        b.column_by_name(n)
-            .and_then(|c| c.as_string_opt::<i32>())
-            .ok_or_else(|| bad(n))
-    };
-    let u = |n: &str| {
-        b.column_by_name(n)
-            .and_then(|c| c.as_primitive_opt::<UInt32Type>())
-            .ok_or_else(|| bad(n))
-    };
-    let f = |n: &str| {
-        b.column_by_name(n)
-            .and_then(|c| c.as_primitive_opt::<Float32Type>())
-            .ok_or_else(|| bad(n))
-    };
+    let s = |n: &str| crate::column::<StringArray>(path, b, n);
+    let u = |n: &str| crate::column::<UInt32Array>(path, b, n);
+    let f = |n: &str| crate::column::<Float32Array>(path, b, n);
     let (key, role, merged, rep, near) = (
         s("key")?,
         s("role")?,
@@ -160,14 +142,8 @@ fn from_batch(path: &Path, b: &RecordBatch) -> Result<Vec<ClusterRow>, IoError> 
         f("nearest_cosine")?,
         f("cluster_min_cosine")?,
     );
-    let id = b
-        .column_by_name("cluster_id")
-        .and_then(|c| c.as_primitive_opt::<Int64Type>())
-        .ok_or_else(|| bad("cluster_id"))?;
-    let kept = b
-        .column_by_name("kept")
-        .and_then(|c| c.as_boolean_opt())
-        .ok_or_else(|| bad("kept"))?;
+    let id = crate::column::<Int64Array>(path, b, "cluster_id")?;
+    let kept = crate::column::<BooleanArray>(path, b, "kept")?;
     let text = |a: &StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_string());
     let float = |a: &Float32Array, i: usize| a.is_valid(i).then(|| a.value(i));
     Ok((0..b.num_rows())

@@ -172,21 +172,9 @@ pub fn read(
 }
 
 fn from_batch(path: &Path, batch: &RecordBatch) -> Result<EmbeddingBatch, IoError> {
-    let bad = |column: &str| IoError::MissingColumn {
-        path: path.to_path_buf(),
-        column: column.to_string(),
-    };
-    let s = |n: &str| {
-        batch
-            .column_by_name(n)
-            .and_then(|c| c.as_string_opt::<i32>())
-            .ok_or_else(|| bad(n))
-    };
+    let s = |n: &str| crate::column::<StringArray>(path, batch, n);
     let (key, status, model) = (s("key")?, s("status")?, s("model")?);
-    let emb = batch
-        .column_by_name("embedding")
-        .and_then(|c| c.as_fixed_size_list_opt())
-        .ok_or_else(|| bad("embedding"))?;
+    let emb = crate::column::<FixedSizeListArray>(path, batch, "embedding")?;
     let rows = (0..batch.num_rows())
         .map(|i| Embedding {
             key: key.value(i).to_string(),

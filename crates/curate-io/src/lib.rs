@@ -340,6 +340,22 @@ pub fn default_schema(table: &TableSchema) -> Result<SchemaRef, curate_core::Cor
     Ok(Arc::new(table.arrow_schema()?))
 }
 
+/// Column `name` of a batch read from `path`, as array type `A`; a missing
+/// column (or one of another type) is an error naming the file and column.
+pub(crate) fn column<'a, A: Array + 'static>(
+    path: &Path,
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a A, IoError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<A>())
+        .ok_or_else(|| IoError::MissingColumn {
+            path: path.to_path_buf(),
+            column: name.to_string(),
+        })
+}
+
 /// Row count of a parquet file from its footer.
 pub fn row_count(path: &Path) -> Result<u64, IoError> {
     Ok(open(path)?.metadata().file_metadata().num_rows() as u64)

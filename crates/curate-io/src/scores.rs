@@ -5,8 +5,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::Float32Type;
 use arrow_array::{Array, ArrayRef, BooleanArray, Float32Array, RecordBatch, StringArray};
 use arrow_schema::{ArrowError, SchemaRef};
 use curate_core::bands::Bands;
@@ -105,25 +103,10 @@ pub fn read(
 }
 
 fn from_batch(path: &Path, batch: &RecordBatch) -> Result<Vec<Score>, IoError> {
-    let bad = |column: &str| IoError::MissingColumn {
-        path: path.to_path_buf(),
-        column: column.to_string(),
-    };
-    let s = |n: &str| {
-        batch
-            .column_by_name(n)
-            .and_then(|c| c.as_string_opt::<i32>())
-            .ok_or_else(|| bad(n))
-    };
+    let s = |n: &str| crate::column::<StringArray>(path, batch, n);
     let (key, status, tag) = (s("key")?, s("status")?, s("tag")?);
-    let score = batch
-        .column_by_name("score")
-        .and_then(|c| c.as_primitive_opt::<Float32Type>())
-        .ok_or_else(|| bad("score"))?;
-    let dropped = batch
-        .column_by_name("dropped")
-        .and_then(|c| c.as_boolean_opt())
-        .ok_or_else(|| bad("dropped"))?;
+    let score = crate::column::<Float32Array>(path, batch, "score")?;
+    let dropped = crate::column::<BooleanArray>(path, batch, "dropped")?;
     Ok((0..batch.num_rows())
         .map(|i| Score {
             key: key.value(i).to_string(),

@@ -14,7 +14,7 @@ use curate_core::stage::{Opened, ShardRecord, ShardState, StageDir, StageSpec};
 
 use crate::progress::{peak_rss_bytes, Progress};
 use crate::shard::{ImageShard, StallHook, TableShard};
-use crate::{Result, StageError};
+use crate::{Result, StageError, Upstream};
 
 /// What a stage did, for the pipeline runner and the closing log line.
 #[derive(Debug, Default, Clone)]
@@ -73,15 +73,28 @@ pub trait Stage {
     /// The manifest's description: configuration, inputs, shard count.
     fn spec(&self) -> Result<StageSpec>;
 
-    /// Items shard `shard` covers (for progress).
-    fn shard_items(&self, shard: u32) -> u64;
+    /// The stage it reads shard for shard, if any: shard `s` of the output
+    /// covers shard `s` of this input (it gives [`Stage::shard_items`] and
+    /// [`Stage::shard_label`] their defaults).
+    fn upstream(&self) -> Option<&Upstream> {
+        None
+    }
+
+    /// Items shard `shard` covers (for progress) [default: the input shard's rows].
+    fn shard_items(&self, shard: u32) -> u64 {
+        self.upstream()
+            .and_then(|u| u.shards.get(shard as usize))
+            .map_or(0, |r| r.records)
+    }
 
     /// Writes shard `shard` through `out` and returns its committed journal record.
     fn write_shard(&mut self, shard: u32, out: &mut ShardOutput<'_>) -> Result<ShardRecord>;
 
-    /// What a failing shard names besides its number (e.g. its input file).
-    fn shard_label(&self, _shard: u32) -> Option<String> {
-        None
+    /// What a failing shard names besides its number [default: its input file].
+    fn shard_label(&self, shard: u32) -> Option<String> {
+        let u = self.upstream()?;
+        let input = u.shards.get(shard as usize)?;
+        Some(u.shard_path(input).display().to_string())
     }
 
     /// What the items are called in log lines.

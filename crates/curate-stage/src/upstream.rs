@@ -117,6 +117,23 @@ impl Upstream {
         self.dir.join(name)
     }
 
+    /// The manifest description of a stage writing `table` shard for shard
+    /// from this one (same shard count, this stage as its input).
+    pub fn spec_for(
+        &self,
+        stage: &str,
+        table: &curate_core::schema::TableSchema,
+        config: serde_json::Value,
+    ) -> curate_core::stage::StageSpec {
+        curate_core::stage::StageSpec {
+            stage: stage.to_string(),
+            schema: table.name.clone(),
+            config,
+            inputs: self.inputs(),
+            num_shards: self.manifest.num_shards,
+        }
+    }
+
     /// The `Inputs` of a stage reading this one.
     pub fn inputs(&self) -> Inputs {
         Inputs {

@@ -184,22 +184,13 @@ impl Stage for EncodeLatents {
     }
 
     fn spec(&self) -> Result<StageSpec> {
-        Ok(StageSpec {
-            stage: "encode-latents".into(),
-            schema: "latents".into(),
-            config: self.config.clone(),
-            inputs: self.upstream.inputs(),
-            num_shards: self.upstream.manifest.num_shards,
-        })
+        Ok(self
+            .upstream
+            .spec_for("encode-latents", self.table(), self.config.clone()))
     }
 
-    fn shard_items(&self, shard: u32) -> u64 {
-        self.upstream.shards[shard as usize].records
-    }
-
-    fn shard_label(&self, shard: u32) -> Option<String> {
-        let input = &self.upstream.shards[shard as usize];
-        Some(self.upstream.shard_path(input).display().to_string())
+    fn upstream(&self) -> Option<&Upstream> {
+        Some(&self.upstream)
     }
 
     fn write_shard(&mut self, shard: u32, out: &mut ShardOutput<'_>) -> Result<ShardRecord> {
