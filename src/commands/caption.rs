@@ -3,7 +3,7 @@
 //! `--keep DEDUP_DIR` captions only the images a dedup run kept. The stage
 //! is `curate_stages::caption`; this file turns the flags into its settings.
 
-use curate_stage::{RunOptions, StageSummary};
+use curate_stage::StageSummary;
 use curate_stages::caption::{CaptionModelSettings, CaptionSettings, CaptionStage, ModelType};
 
 use crate::cli::{CaptionArgs, CaptionModelType};
@@ -30,10 +30,5 @@ pub fn run(args: &CaptionArgs) -> anyhow::Result<StageSummary> {
         model_id: args.model_id.clone(),
         decode: onnx.decode,
     })?;
-    let opts = RunOptions {
-        output: args.output.clone(),
-        overwrite: args.overwrite,
-        split,
-    };
-    Ok(curate_stage::run(&mut stage, &opts)?)
+    super::run_stage(&mut stage, &args.output, args.overwrite, split)
 }

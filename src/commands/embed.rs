@@ -3,7 +3,7 @@
 
 use curate_io::embeddings::Dtype;
 use curate_stage::pixels::DecodeSettings;
-use curate_stage::{RunOptions, StageSummary};
+use curate_stage::StageSummary;
 use curate_stages::embed::{Embed, EmbedSettings};
 use curate_stages::onnx_model::OnnxImageSettings;
 
@@ -25,12 +25,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<StageSummary> {
         },
         onnx: onnx_settings(&args.onnx),
     })?;
-    let opts = RunOptions {
-        output: args.output.clone(),
-        overwrite: args.overwrite,
-        split,
-    };
-    Ok(curate_stage::run(&mut stage, &opts)?)
+    super::run_stage(&mut stage, &args.output, args.overwrite, split)
 }
 
 /// The ONNX image-model flags (embed, score, caption) as the library's settings.

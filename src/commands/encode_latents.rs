@@ -4,7 +4,7 @@
 //! its settings.
 
 use anyhow::Context;
-use curate_stage::{RunOptions, StageSummary};
+use curate_stage::StageSummary;
 use curate_stages::encode_latents::{
     EncodeLatents, EncodeLatentsSettings, LatentDtype, LatentStore, SelectSettings,
 };
@@ -53,10 +53,5 @@ pub fn run(args: &EncodeLatentsArgs) -> anyhow::Result<StageSummary> {
     let split = args.shards.split()?;
     let settings = settings(args)?;
     let mut stage = EncodeLatents::open(&settings)?;
-    let opts = RunOptions {
-        output: args.output.clone(),
-        overwrite: args.overwrite,
-        split,
-    };
-    Ok(curate_stage::run(&mut stage, &opts)?)
+    super::run_stage(&mut stage, &args.output, args.overwrite, split)
 }

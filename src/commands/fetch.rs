@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use curate_fetch::FetchConfig;
-use curate_stage::{RunOptions, StageSummary};
+use curate_stage::StageSummary;
 use curate_stages::fetch::{Fetch, FetchSettings};
 
 use crate::cli::FetchArgs;
@@ -42,10 +42,5 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<StageSummary> {
         image: super::ingest::image_settings(&args.image),
         retry_failed: args.retry_failed,
     })?;
-    let opts = RunOptions {
-        output: args.output.clone(),
-        overwrite: args.overwrite,
-        split,
-    };
-    Ok(curate_stage::run(&mut stage, &opts)?)
+    super::run_stage(&mut stage, &args.output, args.overwrite, split)
 }

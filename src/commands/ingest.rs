@@ -1,7 +1,7 @@
 //! `curate ingest DIR`: a local folder of images → image shards. The stage
 //! is `curate_stages::ingest`; this file turns the flags into its settings.
 
-use curate_stage::{RunOptions, StageSummary};
+use curate_stage::StageSummary;
 use curate_stages::ingest::{Ingest, IngestSettings};
 use curate_stages::validate::{self, ImageSettings};
 
@@ -14,12 +14,7 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<StageSummary> {
         shard_size: args.shard_size,
         image: image_settings(&args.image),
     })?;
-    let opts = RunOptions {
-        output: args.output.clone(),
-        overwrite: args.overwrite,
-        split,
-    };
-    Ok(curate_stage::run(&mut stage, &opts)?)
+    super::run_stage(&mut stage, &args.output, args.overwrite, split)
 }
 
 /// The image flags of ingest and fetch as the library's settings.

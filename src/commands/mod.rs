@@ -22,6 +22,21 @@ use crate::cli::{Cli, Command};
 
 pub use curate_stage::StageSummary;
 
+/// Runs a stage into `output` as this task's share (`split`, from the flags).
+fn run_stage(
+    stage: &mut dyn curate_stage::Stage,
+    output: &std::path::Path,
+    overwrite: bool,
+    split: curate_core::split::ShardSplit,
+) -> anyhow::Result<StageSummary> {
+    let opts = curate_stage::RunOptions {
+        output: output.to_path_buf(),
+        overwrite,
+        split,
+    };
+    Ok(curate_stage::run(stage, &opts)?)
+}
+
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ingest(args) => ingest::run(&args).map(|_| ()),

@@ -4,7 +4,7 @@
 //! into its settings.
 
 use curate_core::bands::Bands;
-use curate_stage::{RunOptions, StageSummary};
+use curate_stage::StageSummary;
 use curate_stages::score::{Score, ScoreInput, ScoreSettings};
 
 use crate::cli::ScoreArgs;
@@ -31,10 +31,5 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<StageSummary> {
         model_id: args.model_id.clone(),
         bands,
     })?;
-    let opts = RunOptions {
-        output: args.output.clone(),
-        overwrite: args.overwrite,
-        split,
-    };
-    Ok(curate_stage::run(&mut stage, &opts)?)
+    super::run_stage(&mut stage, &args.output, args.overwrite, split)
 }
