@@ -59,6 +59,8 @@ pub enum Command {
     Score(Box<ScoreArgs>),
     /// Select the training images, resize/crop them into buckets and encode FLUX-VAE latents.
     EncodeLatents(Box<EncodeLatentsArgs>),
+    /// Encode a latents stage's training texts once with the frozen T5 encoder (training then never runs T5).
+    EncodeText(Box<EncodeTextArgs>),
     /// Decode latent shards back to PNGs with the VAE (to check them).
     DecodeLatents(DecodeLatentsArgs),
     /// Train the oboro DiT with I-CFM on latent shards (resumable checkpoints, metrics JSONL).
@@ -762,6 +764,45 @@ pub struct EncodeLatentsArgs {
     pub overwrite: bool,
     #[command(flatten)]
     pub shards: ShardArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EncodeTextArgs {
+    /// Latents stage directory (`encode-latents --captions …` output): its `caption` column is encoded.
+    pub input: PathBuf,
+    /// Stage directory to write (one text shard per latents shard, row for row, plus unconditional.parquet).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// T5 encoder folder: config.json, model.safetensors, tokenizer.json (Hugging Face layout).
+    #[arg(long)]
+    pub text_encoder: PathBuf,
+    /// Token limit, </s> kept last: the DiT config's `max_text_tokens`.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_length: u32,
+    /// Storage dtype of the hidden states (compute is f32): bf16 halves the disk; f32 gives
+    /// exactly the on-the-fly encoder's values.
+    #[arg(long, value_enum, default_value = "bf16")]
+    pub dtype: TextDtype,
+    /// Texts per encoder call (texts of one token count go together, so nothing is padded).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// candle device for T5: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Model id stored in the metadata [default: the folder's name].
+    #[arg(long)]
+    pub model_id: Option<String>,
+    /// Discard this directory's previous output if it was made with another configuration.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub shards: ShardArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TextDtype {
+    Bf16,
+    F32,
 }
 
 #[derive(Debug, Args)]

@@ -15,9 +15,18 @@ pub struct TrainArgs {
     /// Model + recipe config (pipelines/configs/dit-tiny.json, dit-report.json).
     #[arg(long)]
     pub config: PathBuf,
-    /// T5 encoder folder: config.json, model.safetensors, tokenizer.json (Hugging Face layout).
-    #[arg(long)]
-    pub text_encoder: PathBuf,
+    /// `encode-text` stage directories, one made from each latents stage: the texts' stored T5
+    /// hidden states (training then runs no T5). Without it, --text-encoder encodes on the fly.
+    #[arg(
+        long = "text",
+        value_name = "TEXT_DIR",
+        conflicts_with = "text_encoder"
+    )]
+    pub text: Vec<PathBuf>,
+    /// T5 encoder folder (config.json, model.safetensors, tokenizer.json, Hugging Face layout)
+    /// to encode the captions on the fly, cached up to --text-cache-mb.
+    #[arg(long, required_unless_present = "text")]
+    pub text_encoder: Option<PathBuf>,
     /// Total optimiser steps.
     #[arg(long)]
     pub steps: u64,

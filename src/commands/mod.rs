@@ -7,6 +7,7 @@ pub mod dedup;
 mod doctor;
 pub mod embed;
 pub mod encode_latents;
+pub mod encode_text;
 pub mod fetch;
 pub mod ingest;
 mod report;
@@ -46,6 +47,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Score(args) => score::run(&args).map(|_| ()),
         Command::Caption(args) => caption::run(&args).map(|_| ()),
         Command::EncodeLatents(args) => encode_latents::run(&args).map(|_| ()),
+        Command::EncodeText(args) => encode_text::run(&args).map(|_| ()),
         Command::DecodeLatents(args) => decode_latents::run(&args),
         Command::Train(args) => train::run(&args).map(|_| ()),
         Command::Sample(args) => sample::run(&args).map(|_| ()),

@@ -177,6 +177,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                     | Command::Score(_)
                     | Command::Caption(_)
                     | Command::EncodeLatents(_)
+                    | Command::EncodeText(_)
                     | Command::Train(_)
                     | Command::Sample(_)
             ) {
@@ -209,6 +210,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             Command::Score(a) => super::score::run(a),
             Command::Caption(a) => super::caption::run(a),
             Command::EncodeLatents(a) => super::encode_latents::run(a),
+            Command::EncodeText(a) => super::encode_text::run(a),
             Command::Train(a) => super::train::run_stage(a),
             Command::Sample(a) => super::sample::run_stage(a),
             _ => bail!("stage `{name}`: `{}` is not a pipeline stage", stage.run),

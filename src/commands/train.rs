@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use curate_gen::t5::T5Encoder;
+use curate_gen::train::text::{TextSource, TextStore};
 use curate_gen::train::{data::LatentIndex, RunConfig, TrainOptions};
 use curate_stage::StageSummary;
 
@@ -38,12 +39,17 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<curate_gen::train::TrainSummary> 
         }
     }
     let index = LatentIndex::from_stages(&args.input)?;
-    let text = T5Encoder::load(&args.text_encoder, &device).with_context(|| {
-        format!(
-            "loading the text encoder from {}",
-            args.text_encoder.display()
-        )
-    })?;
+    let encoder = match &args.text_encoder {
+        Some(dir) => Some(
+            T5Encoder::load(dir, &device)
+                .with_context(|| format!("loading the text encoder from {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let text = match &encoder {
+        Some(enc) => TextSource::Encoder(enc),
+        None => TextSource::Stored(TextStore::open(&args.text, &args.input)?),
+    };
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     std::fs::write(
@@ -70,7 +76,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<curate_gen::train::TrainSummary> 
         cfg.train.batch_size
     );
     let stall = stall_after_checkpoint();
-    let summary = curate_gen::train::train(&cfg, &opts, index, &text, &mut |step, path| {
+    let summary = curate_gen::train::train(&cfg, &opts, index, text, &mut |step, path| {
         tracing::info!("checkpoint {}", path.display());
         if stall == Some(step) {
             curate_stage::stall(step);

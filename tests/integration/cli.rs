@@ -116,7 +116,7 @@ fn run_executes_the_demo_pipeline_then_skips_it() {
     let local = read_images(&work.join("local"));
     assert_eq!(local.len(), image_files(&fixtures_images()).len());
     assert!(
-        r.stderr.contains("[1/10] images") && r.stderr.contains("[2/10] local"),
+        r.stderr.contains("[1/11] images") && r.stderr.contains("[2/11] local"),
         "{}",
         r.stderr
     );
@@ -132,7 +132,7 @@ fn run_executes_the_demo_pipeline_then_skips_it() {
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(
         again.stderr.matches("already complete (").count(),
-        10,
+        11,
         "{}",
         again.stderr
     );
@@ -291,6 +291,8 @@ fn the_megalith_pipeline_checks_out_in_a_dry_run() {
             "captions",
             "latents-256",
             "latents-512",
+            "text-256",
+            "text-512",
             "train-256",
             "train-512",
             "samples"
@@ -307,6 +309,11 @@ fn the_megalith_pipeline_checks_out_in_a_dry_run() {
     };
     assert!(line_of("captions").contains(&format!("--keep {}", work.join("dedup").display())));
     assert!(line_of("latents-512").contains("--stage 512"));
+    assert!(line_of("train-512").contains(&format!("--text {}", work.join("text-512").display())));
+    assert!(
+        !line_of("train-512").contains("--text-encoder"),
+        "training runs no T5"
+    );
     assert!(line_of("samples").contains(&format!(
         "--checkpoint {}",
         work.join("train-512").display()
@@ -314,7 +321,7 @@ fn the_megalith_pipeline_checks_out_in_a_dry_run() {
     let scripts = std::fs::read_to_string(repo().join("pipelines/megalith-10m.toml")).unwrap();
     assert_eq!(
         scripts.matches("gpus = 1").count(),
-        8,
+        10,
         "every model stage asks for a GPU"
     );
     assert!(!work.exists(), "a dry run writes nothing");

@@ -12,4 +12,5 @@ mod report;
 mod resume;
 mod score;
 mod slurm;
+mod text;
 mod train;

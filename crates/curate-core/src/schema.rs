@@ -42,6 +42,10 @@ const BUILTIN: &[(&str, &str)] = &[
     ("scores", include_str!("../../../schemas/scores.json")),
     ("latents", include_str!("../../../schemas/latents.json")),
     (
+        "text_embeddings",
+        include_str!("../../../schemas/text_embeddings.json"),
+    ),
+    (
         "train_metrics",
         include_str!("../../../schemas/train_metrics.json"),
     ),

@@ -10,6 +10,7 @@
 //! uninterrupted run's losses bit for bit.
 
 pub mod data;
+pub mod text;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -24,9 +25,10 @@ use crate::cfm::{mse, FlowMatcher};
 use crate::dit::{Dit, DitConfig};
 use crate::optim::{AdamW, OptimConfig};
 use crate::rng::Rng;
-use crate::t5::{T5Encoder, TextCache};
+use crate::t5::TextCache;
 use crate::{GenError, Result};
 use data::{EpochPlan, LatentIndex, Loader};
+use text::TextSource;
 
 /// The training recipe (the `train` table of pipelines/configs/dit-*.json).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -364,14 +366,24 @@ pub fn train(
     cfg: &RunConfig,
     opts: &TrainOptions,
     index: LatentIndex,
-    text: &T5Encoder,
+    text: TextSource<'_>,
     on_checkpoint: &mut dyn FnMut(u64, &Path),
 ) -> Result<TrainSummary> {
-    if text.cfg.d_model != cfg.model.text_dim {
+    if text.d_model() != cfg.model.text_dim {
         return Err(GenError::Config(format!(
             "the text encoder's d_model is {}, the DiT config's text_dim {}",
-            text.cfg.d_model, cfg.model.text_dim
+            text.d_model(),
+            cfg.model.text_dim
         )));
+    }
+    if let TextSource::Stored(store) = &text {
+        if store.meta.max_length != cfg.model.max_text_tokens {
+            return Err(GenError::Config(format!(
+                "the text shards were encoded with max_length {}, the DiT config's max_text_tokens is {} \
+                 (rerun encode-text with --max-length {})",
+                store.meta.max_length, cfg.model.max_text_tokens, cfg.model.max_text_tokens
+            )));
+        }
     }
     let dev = &opts.device;
     std::fs::create_dir_all(&opts.out_dir).map_err(|source| GenError::Io {
@@ -452,6 +464,13 @@ pub fn train(
         })?;
     let fm = FlowMatcher::new(cfg.train.sigma);
     let mut loader = Loader::new(index, cfg.model.latent_channels, dev);
+    let encoder = match text {
+        TextSource::Encoder(enc) => Some(enc),
+        TextSource::Stored(store) => {
+            loader = loader.with_text(store);
+            None
+        }
+    };
     let mut cache = TextCache::with_capacity(opts.text_cache_bytes);
     let mut plan: EpochPlan = loader
         .index()
@@ -473,19 +492,31 @@ pub fn train(
             continue;
         }
         let batch = loader.load(&plan, state.cursor as usize)?;
-        let captions: Vec<String> = batch
+        let dropped: Vec<bool> = batch
             .captions
             .iter()
-            .map(|c| {
-                if state.rng.uniform() < cfg.train.caption_dropout {
-                    String::new()
-                } else {
-                    c.clone()
-                }
-            })
+            .map(|_| state.rng.uniform() < cfg.train.caption_dropout)
             .collect();
-        let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
-        let (txt, mask) = cache.batch(text, &refs, cfg.model.max_text_tokens)?;
+        let (txt, mask) = match (encoder, loader.text(), &batch.texts) {
+            (Some(enc), _, _) => {
+                let refs: Vec<&str> = batch
+                    .captions
+                    .iter()
+                    .zip(&dropped)
+                    .map(|(c, &d)| if d { "" } else { c.as_str() })
+                    .collect();
+                cache.batch(enc, &refs, cfg.model.max_text_tokens)?
+            }
+            (None, Some(store), Some(texts)) => {
+                let rows: Vec<_> = texts
+                    .iter()
+                    .zip(&dropped)
+                    .map(|(t, &d)| if d { store.unconditional() } else { t.clone() })
+                    .collect();
+                text::pad(&rows, store.meta.d_model, dev)?
+            }
+            _ => unreachable!("a stored text source loads texts with every batch"),
+        };
         let x1 = batch.latents;
         let draws = fm.draw(&mut state.rng, &x1)?;
         let (xt, ut) = fm.location_and_flow(&x1, &draws)?;

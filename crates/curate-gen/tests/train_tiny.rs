@@ -139,7 +139,7 @@ fn tiny_model_overfits_and_samples_its_training_latents() {
         &cfg,
         &opts(&out, steps, 100, false, None),
         LatentIndex::open(&shards(&stage)).unwrap(),
-        &text,
+        (&text).into(),
         &mut |_, _| {},
     )
     .unwrap();
@@ -227,7 +227,7 @@ fn stopped_and_resumed_run_repeats_the_uninterrupted_losses() {
         &cfg,
         &opts(&a, 14, 4, false, None),
         index(),
-        &text,
+        (&text).into(),
         &mut |_, _| {},
     )
     .unwrap();
@@ -236,7 +236,7 @@ fn stopped_and_resumed_run_repeats_the_uninterrupted_losses() {
         &cfg,
         &opts(&b, 14, 4, false, Some(9)),
         index(),
-        &text,
+        (&text).into(),
         &mut |_, _| {},
     )
     .unwrap();
@@ -246,7 +246,7 @@ fn stopped_and_resumed_run_repeats_the_uninterrupted_losses() {
         &cfg,
         &opts(&b, 14, 4, false, None),
         index(),
-        &text,
+        (&text).into(),
         &mut |_, _| {},
     )
     .err()
@@ -257,7 +257,7 @@ fn stopped_and_resumed_run_repeats_the_uninterrupted_losses() {
         &cfg,
         &opts(&b, 14, 4, true, None),
         index(),
-        &text,
+        (&text).into(),
         &mut |_, _| {},
     )
     .unwrap();
@@ -313,7 +313,7 @@ fn a_bounded_text_cache_gives_the_unbounded_losses() {
         let mut o = opts(&out, 8, 8, false, None);
         o.text_cache_bytes = bytes;
         let index = LatentIndex::open(&shards(&stage)).unwrap();
-        curate_gen::train::train(&cfg, &o, index, &text, &mut |_, _| {}).unwrap();
+        curate_gen::train::train(&cfg, &o, index, (&text).into(), &mut |_, _| {}).unwrap();
         metrics(&out).iter().map(|m| m.loss).collect::<Vec<_>>()
     };
     let unbounded = run("unbounded", usize::MAX);

@@ -425,6 +425,11 @@ pub fn row_groups(path: &Path) -> Result<usize, IoError> {
     Ok(checked(path)?.metadata().num_row_groups())
 }
 
+/// One schema metadata value of the latents shard at `path` (see [`LatentsMeta`]).
+pub fn metadata(path: &Path, key: &str) -> Result<Option<String>, IoError> {
+    Ok(checked(path)?.schema().metadata().get(key).cloned())
+}
+
 /// Some columns of row group `row_group` of the latents shard at `path`.
 pub fn read_row_group(
     path: &Path,

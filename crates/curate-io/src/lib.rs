@@ -15,6 +15,7 @@ pub mod latents;
 pub mod scan;
 pub mod scores;
 pub mod status;
+pub mod text_embeddings;
 pub mod train_metrics;
 pub mod url_list;
 

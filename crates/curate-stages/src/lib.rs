@@ -13,11 +13,13 @@
 //! | `score` | [`score`] |
 //! | `caption` | [`caption`] (models in `caption/`) |
 //! | `encode-latents` | [`encode_latents`] |
+//! | `encode-text` | [`encode_text`] |
 
 pub mod caption;
 pub mod dedup;
 pub mod embed;
 pub mod encode_latents;
+pub mod encode_text;
 pub mod fetch;
 pub mod ingest;
 pub mod onnx_model;

@@ -9,12 +9,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use curate_io::latents;
 pub use curate_io::latents::{LatentDtype, LatentRow};
 use curate_stage::Upstream;
 
+use super::text::{Hidden, TextStore};
 use crate::rng::Rng;
 use crate::{GenError, Result};
 
@@ -26,6 +28,10 @@ pub struct Group {
     /// Latent height and width (bucket / 8).
     pub hw: (usize, usize),
     pub ok_rows: Vec<usize>,
+    /// Position of the row group's first row in its shard.
+    pub first_row: u64,
+    /// Rows of the row group (ok or not).
+    pub rows: usize,
 }
 
 /// A batch: rows as (group index, row inside the row group).
@@ -51,10 +57,13 @@ impl LatentIndex {
     pub fn open(shards: &[PathBuf]) -> Result<Self> {
         let mut groups = Vec::new();
         for path in shards {
+            let mut first_row = 0u64;
             for rg in 0..latents::row_groups(path)? {
                 let mut ok_rows = Vec::new();
                 let mut hw: Option<(usize, usize)> = None;
-                for (row, shape) in latents::ok_shapes(path, rg)?.into_iter().enumerate() {
+                let shapes = latents::ok_shapes(path, rg)?;
+                let rows = shapes.len();
+                for (row, shape) in shapes.into_iter().enumerate() {
                     let Some(s) = shape else { continue };
                     let this = (s[1], s[2]);
                     match hw {
@@ -76,8 +85,11 @@ impl LatentIndex {
                         row_group: rg,
                         hw,
                         ok_rows,
+                        first_row,
+                        rows,
                     });
                 }
+                first_row += rows as u64;
             }
         }
         if groups.is_empty() {
@@ -134,6 +146,24 @@ impl EpochPlan {
     }
 }
 
+impl EpochPlan {
+    /// Task `task`'s share of `tasks` data-parallel tasks: batches `k` with
+    /// `k mod tasks = task`, in order. The shares of any split are the
+    /// epoch's batches, each exactly once; each task holds only its own
+    /// batches' row groups.
+    pub fn for_task(&self, task: usize, tasks: usize) -> EpochPlan {
+        let tasks = tasks.max(1);
+        let batches: Vec<BatchPlan> = self
+            .batches
+            .iter()
+            .skip(task)
+            .step_by(tasks)
+            .cloned()
+            .collect();
+        EpochPlan::new(batches, self.last_use.len())
+    }
+}
+
 impl std::ops::Deref for EpochPlan {
     type Target = [BatchPlan];
 
@@ -142,11 +172,13 @@ impl std::ops::Deref for EpochPlan {
     }
 }
 
-/// A loaded batch: latents [B, C, H, W] (f32) and captions.
+/// A loaded batch: latents [B, C, H, W] (f32), captions and, when the
+/// loader reads `encode-text` stages, each row's stored text.
 pub struct Batch {
     pub latents: Tensor,
     pub captions: Vec<String>,
     pub keys: Vec<String>,
+    pub texts: Option<Vec<Arc<Hidden>>>,
 }
 
 /// Loads planned batches, holding only the row groups still needed.
@@ -155,12 +187,14 @@ pub struct Loader {
     channels: usize,
     device: Device,
     cache: HashMap<usize, GroupData>,
+    text: Option<TextStore>,
 }
 
 struct GroupData {
     latents: HashMap<usize, Vec<f32>>,
     captions: HashMap<usize, String>,
     keys: HashMap<usize, String>,
+    texts: HashMap<usize, Arc<Hidden>>,
 }
 
 impl Loader {
@@ -170,7 +204,20 @@ impl Loader {
             channels,
             device: device.clone(),
             cache: HashMap::new(),
+            text: None,
         }
+    }
+
+    /// Reads each row's text from `store` (the `encode-text` stages of the
+    /// index's latents) with its latents.
+    pub fn with_text(mut self, store: TextStore) -> Self {
+        self.text = Some(store);
+        self
+    }
+
+    /// The text store, when the loader reads one.
+    pub fn text(&self) -> Option<&TextStore> {
+        self.text.as_ref()
     }
 
     pub fn index(&self) -> &LatentIndex {
@@ -190,11 +237,15 @@ impl Loader {
         let mut flat = Vec::with_capacity(batch.len() * self.channels * h * w);
         let mut captions = Vec::new();
         let mut keys = Vec::new();
+        let mut texts = self.text.as_ref().map(|_| Vec::with_capacity(batch.len()));
         for &(g, r) in batch {
             let d = &self.cache[&g];
             flat.extend_from_slice(&d.latents[&r]);
             captions.push(d.captions.get(&r).cloned().unwrap_or_default());
             keys.push(d.keys.get(&r).cloned().unwrap_or_default());
+            if let Some(t) = texts.as_mut() {
+                t.push(d.texts[&r].clone());
+            }
         }
         let latents = Tensor::from_vec(flat, (batch.len(), self.channels, h, w), &self.device)?;
         for &(g, _) in batch {
@@ -206,6 +257,7 @@ impl Loader {
             latents,
             captions,
             keys,
+            texts,
         })
     }
 
@@ -217,6 +269,7 @@ impl Loader {
             latents: HashMap::new(),
             captions: HashMap::new(),
             keys: HashMap::new(),
+            texts: HashMap::new(),
         };
         let mut cols = latents::COLUMNS.to_vec();
         cols.push("caption");
@@ -248,6 +301,12 @@ impl Loader {
                 }
                 row += 1;
             }
+        }
+        if let Some(store) = &self.text {
+            let mut keys: Vec<(usize, String)> =
+                out.keys.iter().map(|(r, k)| (*r, k.clone())).collect();
+            keys.sort();
+            out.texts = store.read(path, grp.first_row, &keys, grp.rows)?;
         }
         Ok(out)
     }
@@ -333,5 +392,63 @@ mod tests {
         }
         assert!(loader.cache.is_empty());
         assert_eq!(seen.len(), 24, "every row once");
+    }
+
+    /// Split across 1–5 data-parallel tasks, an epoch's loaded batches are
+    /// the same multiset of batches (each a multiset of keys) as unsplit.
+    #[test]
+    fn an_epochs_batches_are_the_same_multiset_whatever_the_task_split() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rows: Vec<LatentRow> = (0..53)
+            .map(|i| {
+                // two buckets, so batches are cut per bucket; every 7th row failed
+                let hw = if i % 3 == 0 { 2 } else { 4 };
+                let v = vec![i as f32; 4 * hw * hw];
+                if i % 7 == 6 {
+                    LatentRow::failed(&format!("k{i}"), None, "inference")
+                } else {
+                    LatentRow::from_values(
+                        &format!("k{i}"),
+                        None,
+                        &v,
+                        [4, hw, hw],
+                        LatentDtype::F32,
+                    )
+                }
+            })
+            .collect();
+        write_latent_stage(tmp.path(), &rows, 5).unwrap();
+        let index = LatentIndex::from_stages(&[tmp.path().to_path_buf()]).unwrap();
+        let load_all = |plan: &EpochPlan| -> Vec<Vec<String>> {
+            let mut loader = Loader::new(index.clone(), 4, &Device::Cpu);
+            (0..plan.len())
+                .map(|k| {
+                    let b = loader.load(plan, k).unwrap();
+                    let first: Vec<f32> = b.latents.flatten_all().unwrap().to_vec1().unwrap();
+                    let mut keys = b.keys;
+                    // the latents are the rows' own
+                    for (j, key) in keys.iter().enumerate() {
+                        let i: f32 = key[1..].parse().unwrap();
+                        let per = first.len() / keys.len();
+                        assert!(first[j * per..(j + 1) * per].iter().all(|&x| x == i));
+                    }
+                    keys.sort();
+                    keys
+                })
+                .collect()
+        };
+        for epoch in 0..2 {
+            let plan = index.plan(3, epoch, 4);
+            let mut whole = load_all(&plan);
+            whole.sort();
+            assert_eq!(whole.iter().map(Vec::len).sum::<usize>(), 53 - 7);
+            for tasks in 1..=5 {
+                let mut union: Vec<Vec<String>> = (0..tasks)
+                    .flat_map(|t| load_all(&plan.for_task(t, tasks)))
+                    .collect();
+                union.sort();
+                assert_eq!(union, whole, "{tasks} tasks, epoch {epoch}");
+            }
+        }
     }
 }
