@@ -337,6 +337,11 @@ pub enum BenchStage {
     /// core; stage 256 and 512, full and reduced DCT decode), then the VAE encoder at 256² and
     /// 512² (`--vae`, default the tiny fixture; pass real-size weights for real figures).
     Latents,
+    /// Every table synthesised at --rows rows in the real schemas (--shards shards), then dedup
+    /// (k-means, to convergence, killed after round 1 and resumed), the encode-latents
+    /// selection, the train loader's plan and 1,000 batches, `report` and `status` at that
+    /// size: time and peak RSS per part (`--results FILE` compares several N).
+    Scale,
 }
 
 #[derive(Debug, Args)]
@@ -395,6 +400,21 @@ pub struct BenchArgs {
     /// dedup: also write vectors.f32 and our labels.i32 here (for fixtures/dedup/sklearn_bench.py --compare).
     #[arg(long)]
     pub write: Option<PathBuf>,
+    /// scale: shards per table [default: --rows / 1000].
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// scale: the work directory of synthesised stages [default: $TMPDIR/curate-scale-N]; kept.
+    #[arg(long)]
+    pub work: Option<PathBuf>,
+    /// scale: append this run's figures (JSON lines) here and compare with the runs already in it.
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+    /// scale: run one part in this process (the children the benchmark starts).
+    #[arg(long, hide = true)]
+    pub part: Option<String>,
+    /// scale --part exec: the curate command to run.
+    #[arg(last = true, hide = true)]
+    pub exec: Vec<String>,
 }
 
 /// An ONNX image model and how its input is prepared (embed, score).

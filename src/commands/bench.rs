@@ -13,6 +13,9 @@ use crate::cli::{BenchArgs, BenchStage, ImageArgs, IngestArgs, ShardArgs, StoreP
 use curate_stage::progress::peak_rss_bytes;
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.stage == BenchStage::Scale {
+        return super::bench_scale::run(args);
+    }
     let scratch = tempdir()?;
     let input = match &args.dir {
         Some(d) => d.clone(),
@@ -39,6 +42,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         BenchStage::Dedup => bench_dedup(args, &scratch),
         BenchStage::Caption => bench_caption(args, &input),
         BenchStage::Latents => bench_latents(args, &input),
+        BenchStage::Scale => unreachable!("dispatched above"),
     };
     let _ = std::fs::remove_dir_all(&scratch);
     result
@@ -460,7 +464,7 @@ fn bench_embed(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Result
 
 /// Unit vectors: groups of 1 + k near-copies (k = 0..3, cos ≈ 0.93–0.99 to
 /// their base) of random gaussian directions; returns the planted pairs.
-fn planted_embeddings(n: usize, d: usize) -> (curate_dedup::kernel::Matrix, Vec<(u32, u32)>) {
+pub(super) fn planted_embeddings(n: usize, d: usize) -> (curate_dedup::kernel::Matrix, Vec<(u32, u32)>) {
     use curate_dedup::rng::SplitMix64;
     // Group g: a base at index start(g), then g % 4 copies.
     let mut starts = Vec::new();

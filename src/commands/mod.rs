@@ -1,6 +1,7 @@
 //! One file per command.
 
 mod bench;
+pub mod bench_scale;
 pub mod caption;
 pub mod decode_latents;
 pub mod dedup;
