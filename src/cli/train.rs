@@ -42,6 +42,10 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in --output (exactly: same losses on the CPU).
     #[arg(long)]
     pub resume: bool,
+    /// Start a fresh run from this checkpoint's model weights (a file, or a training folder's
+    /// newest), with new optimiser state and schedule: stage 512 after stage 256. Same model config.
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub init_from: Option<PathBuf>,
     /// Stop after this step (checkpoint written) although --steps stays the schedule's horizon (time-limited jobs).
     #[arg(long)]
     pub stop_after: Option<u64>,

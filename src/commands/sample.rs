@@ -26,19 +26,7 @@ fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
 pub fn run(args: &SampleArgs) -> anyhow::Result<Vec<PathBuf>> {
     let device = curate_gen::device(&args.device)?;
     let (h, w) = parse_size(&args.image_size)?;
-    let ck_path = if args.checkpoint.is_dir() {
-        curate_gen::train::list_checkpoints(&args.checkpoint)
-            .pop()
-            .map(|(_, p)| p)
-            .with_context(|| {
-                format!(
-                    "{}: no checkpoints/step-*.safetensors",
-                    args.checkpoint.display()
-                )
-            })?
-    } else {
-        args.checkpoint.clone()
-    };
+    let ck_path = curate_gen::train::resolve_checkpoint(&args.checkpoint)?;
     let ck = Checkpoint::load(&ck_path, &device)?;
     let model = ck.build_model(!args.no_ema, &device)?;
     let text = T5Encoder::load(&args.text_encoder, &device).with_context(|| {

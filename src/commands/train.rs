@@ -67,6 +67,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<curate_gen::train::TrainSummary> 
         stop_after: args.stop_after,
         device,
         text_cache_bytes: args.text_cache_mb.saturating_mul(1 << 20),
+        init_from: args.init_from.clone(),
     };
     tracing::info!(
         "train: {} latents in {} row groups, {} steps, batch {}",

@@ -203,3 +203,97 @@ fn bad_head_schedule_is_refused_at_load() {
         r.stderr
     );
 }
+
+/// `--init-from` starts a fresh run (new optimiser, schedule, metrics) from
+/// another run's model weights: with a zero learning rate its first
+/// checkpoint holds exactly those weights; a model of another config is refused.
+#[test]
+fn init_from_starts_a_run_from_another_runs_weights() {
+    use curate_gen::train::Checkpoint;
+    let tmp = tempfile::tempdir().unwrap();
+    let st = tmp.path().join("latents");
+    stage(&st);
+    let first = tmp.path().join("first");
+    let r = run(&mut train_cmd(&st, &first, &[]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let weights = |dir: &Path| {
+        let ck = Checkpoint::load(
+            &curate_gen::train::resolve_checkpoint(dir).unwrap(),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let mut w: Vec<(String, Vec<f32>)> = ck
+            .model_weights(false)
+            .into_iter()
+            .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1().unwrap()))
+            .collect();
+        w.sort_by(|a, b| a.0.cmp(&b.0));
+        (ck.step, w)
+    };
+    let (step, want) = weights(&first);
+    assert_eq!(step, 12);
+
+    // One step at learning rate 0: the first checkpoint holds the start weights.
+    let frozen = |out: &Path, config: &Path, extra: &[&str]| {
+        let mut c = curate();
+        c.arg("train")
+            .arg(&st)
+            .arg("-o")
+            .arg(out)
+            .arg("--config")
+            .arg(config)
+            .arg("--text-encoder")
+            .arg(repo().join("fixtures/gen/t5-tiny"))
+            .args([
+                "--steps",
+                "1",
+                "--lr",
+                "0",
+                "--seed",
+                "5",
+                "--batch-size",
+                "3",
+            ])
+            .args(extra);
+        run(&mut c)
+    };
+    let tiny = repo().join("pipelines/configs/dit-tiny.json");
+    let second = tmp.path().join("second");
+    let r = frozen(&second, &tiny, &["--init-from", first.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (step, got) = weights(&second);
+    assert_eq!(step, 1, "a fresh run, counting from 0");
+    assert_eq!(losses(&second).len(), 1);
+    assert!(
+        got == want,
+        "the second run did not start from the first's weights"
+    );
+    let fresh = tmp.path().join("fresh");
+    let r = frozen(&fresh, &tiny, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        weights(&fresh).1 != want,
+        "a fresh init equals the trained weights"
+    );
+
+    // Another model config is refused, naming both.
+    let wide = tmp.path().join("dit-wide.json");
+    let cfg = std::fs::read_to_string(repo().join("pipelines/configs/dit-tiny.json")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    cfg["model"]["mlp_hidden"] = 256.into();
+    std::fs::write(&wide, cfg.to_string()).unwrap();
+    let r = frozen(
+        &tmp.path().join("wide"),
+        &wide,
+        &["--init-from", first.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("expected a checkpoint of this model config")
+            && r.stderr.contains("mlp_hidden: 512")
+            && r.stderr.contains("mlp_hidden: 256"),
+        "{}",
+        r.stderr
+    );
+}

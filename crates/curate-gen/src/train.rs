@@ -88,6 +88,10 @@ pub struct TrainOptions {
     pub device: Device,
     /// Most bytes of T5 hidden states kept between steps (oldest captions evicted first).
     pub text_cache_bytes: usize,
+    /// A fresh run starts from this checkpoint's model weights (its `model.*`,
+    /// not the EMA) with new optimiser state and schedule: stage 512 after
+    /// stage 256. Ignored when the run resumes its own checkpoint.
+    pub init_from: Option<PathBuf>,
 }
 
 /// One metrics JSONL line.
@@ -246,6 +250,22 @@ impl Checkpoint {
         let vb = VarBuilder::from_tensors(self.model_weights(prefer_ema), DType::F32, dev);
         Dit::new(&self.config.model, vb)
     }
+}
+
+/// A checkpoint file, or a training output folder's newest checkpoint.
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    list_checkpoints(path)
+        .pop()
+        .map(|(_, p)| p)
+        .ok_or_else(|| {
+            GenError::Config(format!(
+                "{}: expected a checkpoint file or a training folder, found no checkpoints/step-*.safetensors",
+                path.display()
+            ))
+        })
 }
 
 /// Checkpoints of `dir/checkpoints`, oldest first.
@@ -451,6 +471,39 @@ pub fn train(
         }
         (None, _) => {
             let _ = std::fs::remove_file(&metrics_path);
+            if let Some(init) = &opts.init_from {
+                let path = resolve_checkpoint(init)?;
+                let ck = Checkpoint::load(&path, dev)?;
+                if ck.config.model != cfg.model {
+                    return Err(GenError::Config(format!(
+                        "--init-from {}: expected a checkpoint of this model config, found one of another \
+                         ({:?} vs {:?})",
+                        path.display(),
+                        ck.config.model,
+                        cfg.model
+                    )));
+                }
+                let weights = ck.model_weights(false);
+                for (name, var) in &state.opt.params {
+                    let w = weights.get(name).ok_or_else(|| GenError::MissingTensor {
+                        path: path.clone(),
+                        name: format!("model.{name}"),
+                        what: "--init-from".into(),
+                        found: weights
+                            .keys()
+                            .take(3)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })?;
+                    var.set(w)?;
+                }
+                if let Some(ema) = state.opt.ema.as_mut() {
+                    for (i, (_, var)) in state.opt.params.iter().enumerate() {
+                        ema[i] = var.as_tensor().copy()?;
+                    }
+                }
+            }
         }
     }
     let start_step = state.opt.step;

@@ -95,6 +95,7 @@ fn opts(out: &Path, steps: u64, every: u64, resume: bool, stop: Option<u64>) -> 
         device: Device::Cpu,
         // A few captions' worth: eviction and re-encoding must not change the losses.
         text_cache_bytes: 4096,
+        init_from: None,
     }
 }
 
