@@ -128,6 +128,19 @@ fn stored_texts_train_with_the_losses_of_t5_on_the_fly_on_the_demo() {
         "the demo trained on its stored texts"
     );
 
+    // Two array tasks writing their shares give the one-process stage's rows.
+    let split = tmp.path().join("split");
+    for task in ["0", "1"] {
+        let r = encode_text(
+            &latents,
+            &split,
+            &["--num-tasks", "2", "--task-index", task],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    assert_eq!(text_rows(&split), rows);
+    assert!(split.join(UNCONDITIONAL_FILE).exists());
+
     // f32 storage: the same losses as T5 run on the fly, bit for bit (caption
     // dropout 0.1 exercises the stored empty text).
     let f32_text = tmp.path().join("text-f32");
