@@ -470,15 +470,37 @@ impl State {
 
     /// Every vector: `rows` × `dim`.
     pub fn read_vectors(&self, rows: usize, dim: usize) -> Result<Matrix, DedupError> {
+        use std::io::Read;
         let path = self.vectors_path();
-        let bytes = std::fs::read(&path).map_err(|source| DedupError::Io {
+        let io = |source| DedupError::Io {
             path: path.clone(),
             source,
-        })?;
-        let data: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-            .collect();
+        };
+        let mut f = std::fs::File::open(&path).map_err(io)?;
+        let len = f.metadata().map_err(io)?.len() as usize;
+        if len != rows * dim * 4 {
+            return Err(DedupError::Shape {
+                rows,
+                dim,
+                expected: rows * dim,
+                found: len / 4,
+            });
+        }
+        // Straight into the matrix through a small buffer: reading the
+        // whole file first held it twice (6 GB for 1M × 768) and took long.
+        let mut data = Vec::with_capacity(rows * dim);
+        let mut buf = vec![0u8; 1 << 22];
+        let mut left = len;
+        while left > 0 {
+            let k = left.min(buf.len());
+            f.read_exact(&mut buf[..k]).map_err(io)?;
+            data.extend(
+                buf[..k]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
+            );
+            left -= k;
+        }
         Matrix::new(rows, dim, data)
     }
 

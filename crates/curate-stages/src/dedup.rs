@@ -272,6 +272,8 @@ fn read_embeddings(upstream: &Upstream) -> Result<(Vec<String>, Matrix, Option<S
             let batch = batch?;
             if dim == 0 {
                 dim = batch.dim;
+                // Every row at most: growing by doubling held up to twice the vectors.
+                data.reserve_exact(upstream.rows() as usize * dim);
             } else if batch.dim != dim {
                 bail!(
                     "{}: embeddings of dimension {}, earlier shards had {dim}",
