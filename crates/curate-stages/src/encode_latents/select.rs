@@ -104,15 +104,15 @@ fn scan_keep(dir: &Path) -> Result<LazyFrame> {
 }
 
 /// Picks one caption of `key` by the mix weights (seeded by key).
-fn pick_caption<'a>(
-    options: &'a [(String, String)],
+fn pick_caption<'a, S: AsRef<str> + Ord>(
+    options: &'a [(S, S)],
     mix: &BTreeMap<String, f64>,
     key: &str,
     seed: u64,
-) -> Option<&'a (String, String)> {
-    let weighted: Vec<(&(String, String), f64)> = options
+) -> Option<&'a (S, S)> {
+    let weighted: Vec<(&(S, S), f64)> = options
         .iter()
-        .map(|o| (o, mix.get(&o.0).copied().unwrap_or(0.0)))
+        .map(|o| (o, mix.get(o.0.as_ref()).copied().unwrap_or(0.0)))
         .filter(|(_, w)| *w > 0.0)
         .collect();
     let total: f64 = weighted.iter().map(|(_, w)| w).sum();
@@ -219,16 +219,15 @@ pub fn select(settings: &SelectSettings) -> Result<Selection> {
         (Some(c), None) => Some(collect(c.clone(), "the captions")?),
         _ => None,
     };
-    let mut options: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    // Borrowed from the frame: owned copies of every caption of every
+    // selected image doubled the selection's memory.
+    let mut options: HashMap<&str, Vec<(&str, &str)>> = HashMap::new();
     if let Some(df) = &caption_rows {
         let column = |n: &str| pl(df.column(n).and_then(|c| c.str()));
         let (k, t, c) = (column("key")?, column("task")?, column("caption")?);
         for i in 0..df.height() {
             if let (Some(k), Some(t), Some(c)) = (k.get(i), t.get(i), c.get(i)) {
-                options
-                    .entry(k.to_string())
-                    .or_default()
-                    .push((t.to_string(), c.to_string()));
+                options.entry(k).or_default().push((t, c));
             }
         }
         for v in options.values_mut() {
@@ -267,9 +266,9 @@ pub fn select(settings: &SelectSettings) -> Result<Selection> {
     let mut with_caption = 0usize;
     for (key, opts) in &options {
         if let Some((task, text)) = pick_caption(opts, &mix, key, settings.seed) {
-            let j = joined.entry(key.clone()).or_default();
-            j.caption = Some(text.clone());
-            j.caption_task = Some(task.clone());
+            let j = joined.entry(key.to_string()).or_default();
+            j.caption = Some(text.to_string());
+            j.caption_task = Some(task.to_string());
             with_caption += 1;
         }
     }
@@ -282,8 +281,11 @@ pub fn select(settings: &SelectSettings) -> Result<Selection> {
         lines.push(format!("{with_caption} with a caption"));
         if settings.require_caption {
             let set: HashSet<String> = match keys {
-                Some(k) => k.into_iter().filter(|k| options.contains_key(k)).collect(),
-                None => options.keys().cloned().collect(),
+                Some(k) => k
+                    .into_iter()
+                    .filter(|k| options.contains_key(k.as_str()))
+                    .collect(),
+                None => options.keys().map(|k| k.to_string()).collect(),
             };
             keys = Some(set);
         }
