@@ -464,7 +464,10 @@ fn bench_embed(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Result
 
 /// Unit vectors: groups of 1 + k near-copies (k = 0..3, cos ≈ 0.93–0.99 to
 /// their base) of random gaussian directions; returns the planted pairs.
-pub(super) fn planted_embeddings(n: usize, d: usize) -> (curate_dedup::kernel::Matrix, Vec<(u32, u32)>) {
+pub(super) fn planted_embeddings(
+    n: usize,
+    d: usize,
+) -> (curate_dedup::kernel::Matrix, Vec<(u32, u32)>) {
     use curate_dedup::rng::SplitMix64;
     // Group g: a base at index start(g), then g % 4 copies.
     let mut starts = Vec::new();
