@@ -326,3 +326,56 @@ fn the_megalith_pipeline_checks_out_in_a_dry_run() {
     );
     assert!(!work.exists(), "a dry run writes nothing");
 }
+
+/// `curate bench scale` at a small size: every table synthesised, every part
+/// run (dedup killed after round 1 and resumed) and reported, dedup finding
+/// the planted near-copies.
+#[test]
+fn bench_scale_runs_every_part_and_dedup_finds_the_planted_copies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = run(curate()
+        .args([
+            "bench", "scale", "--rows", "3000", "--shards", "3", "--work",
+        ])
+        .arg(tmp.path().join("work")));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let row = |part: &str| -> Vec<String> {
+        r.stdout
+            .lines()
+            .find(|l| {
+                let mut w = l.split_whitespace();
+                w.next() == Some(part) && w.next() == Some("3000")
+            })
+            .unwrap_or_else(|| panic!("no `{part}` row in\n{}", r.stdout))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    for part in [
+        "synthesise",
+        "dedup",
+        "select",
+        "loader",
+        "report",
+        "status",
+    ] {
+        let cols = row(part);
+        let secs: f64 = cols[3].parse().unwrap();
+        let peak: f64 = cols[4].parse().unwrap();
+        assert!(secs > 0.0 && peak > 1.0, "{part}: {cols:?}");
+    }
+    let extra = |part: &str| -> serde_json::Value {
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(part) && l.contains('{'))
+            .unwrap();
+        serde_json::from_str(&line[line.find('{').unwrap()..]).unwrap()
+    };
+    let dedup = extra("dedup");
+    assert!(dedup["recall"].as_f64().unwrap() >= 0.99, "{dedup}");
+    assert!(dedup["killed_after_round1_s"].as_f64().is_some(), "{dedup}");
+    assert!(extra("select")["selected"].as_u64().unwrap() > 0);
+    assert!(extra("loader")["steps"].as_u64().unwrap() > 0);
+    assert!(tmp.path().join("work/report/index.html").exists());
+}
