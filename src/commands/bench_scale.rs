@@ -179,8 +179,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             work.display().to_string(),
         ]
     };
-    for part in ["select", "loader"] {
-        let r = spawn_part(&self_args(part), &logs.join(format!("{part}.log")), None)?;
+    let report: Vec<String> = vec!["report".into(), work.display().to_string()];
+    let status: Vec<String> = vec!["status".into(), work.display().to_string()];
+    let parts = [
+        ("select", self_args("select")),
+        ("loader", self_args("loader")),
+        ("report", exec_args(&report)),
+        ("status", exec_args(&status)),
+    ];
+    for (part, a) in parts {
+        let r = spawn_part(&a, &logs.join(format!("{part}.log")), None)?;
         if !r.ok {
             bail!(
                 "{part} failed; see {}",
@@ -194,25 +202,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             seconds: r.seconds,
             peak_rss: r.peak_rss,
             extra: r.result.unwrap_or_default(),
-        });
-    }
-    let report: Vec<String> = vec!["report".into(), work.display().to_string()];
-    let status: Vec<String> = vec!["status".into(), work.display().to_string()];
-    for (part, a) in [("report", report), ("status", status)] {
-        let r = spawn_part(&exec_args(&a), &logs.join(format!("{part}.log")), None)?;
-        if !r.ok {
-            bail!(
-                "{part} failed; see {}",
-                logs.join(format!("{part}.log")).display()
-            );
-        }
-        figures.push(Figure {
-            part: part.into(),
-            rows: n,
-            shards,
-            seconds: r.seconds,
-            peak_rss: r.peak_rss,
-            extra: Default::default(),
         });
     }
     print_table(&figures);

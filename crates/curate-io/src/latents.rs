@@ -409,14 +409,7 @@ pub fn to_batch(rows: &[LatentRow], schema: &SchemaRef) -> Result<RecordBatch, I
 fn checked(
     path: &Path,
 ) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder<std::fs::File>, IoError> {
-    let builder = crate::open(path)?;
-    table()
-        .check_readable(builder.schema())
-        .map_err(|source| IoError::Schema {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(builder)
+    crate::open_checked(path, table())
 }
 
 /// Row groups of the latents shard at `path` (checked against the table).

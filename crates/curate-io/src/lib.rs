@@ -229,13 +229,11 @@ fn open(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, IoError> {
     })
 }
 
-/// Checks a shard by its footer: readable, the table's schema, and (when
-/// given) the expected row count. Returns the row count. Reads no data pages.
-pub fn verify_shard(
+/// Opens the shard at `path` for reading, its schema checked against `table`.
+pub(crate) fn open_checked(
     path: &Path,
     table: &TableSchema,
-    expected_rows: Option<u64>,
-) -> Result<u64, IoError> {
+) -> Result<ParquetRecordBatchReaderBuilder<File>, IoError> {
     let builder = open(path)?;
     table
         .check_readable(builder.schema())
@@ -243,6 +241,17 @@ pub fn verify_shard(
             path: path.to_path_buf(),
             source,
         })?;
+    Ok(builder)
+}
+
+/// Checks a shard by its footer: readable, the table's schema, and (when
+/// given) the expected row count. Returns the row count. Reads no data pages.
+pub fn verify_shard(
+    path: &Path,
+    table: &TableSchema,
+    expected_rows: Option<u64>,
+) -> Result<u64, IoError> {
+    let builder = open_checked(path, table)?;
     let rows = builder.metadata().file_metadata().num_rows() as u64;
     if let Some(expected) = expected_rows {
         if rows != expected {

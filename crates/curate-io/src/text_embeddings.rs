@@ -237,14 +237,7 @@ pub fn rows(batch: &RecordBatch) -> Result<Vec<TextRow>, IoError> {
 fn checked(
     path: &Path,
 ) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder<std::fs::File>, IoError> {
-    let builder = crate::open(path)?;
-    table()
-        .check_readable(builder.schema())
-        .map_err(|source| IoError::Schema {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(builder)
+    crate::open_checked(path, table())
 }
 
 /// Rows `range` (positions in the shard) of the text shard at `path`,
