@@ -42,6 +42,10 @@ const BUILTIN: &[(&str, &str)] = &[
     ("scores", include_str!("../../../schemas/scores.json")),
     ("latents", include_str!("../../../schemas/latents.json")),
     (
+        "export_index",
+        include_str!("../../../schemas/export_index.json"),
+    ),
+    (
         "text_embeddings",
         include_str!("../../../schemas/text_embeddings.json"),
     ),

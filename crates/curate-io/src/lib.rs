@@ -10,6 +10,7 @@ pub mod dedup_clusters;
 pub mod dedup_keep;
 pub mod embeddings;
 pub mod exact_duplicates;
+pub mod export;
 pub mod images;
 pub mod latents;
 pub mod scan;
