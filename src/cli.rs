@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod export;
+mod import_embeddings;
 mod train;
+pub use export::{ExportArgs, ExportFormat};
+pub use import_embeddings::ImportEmbeddingsArgs;
 pub use train::{SampleArgs, TrainArgs};
 
 #[derive(Debug, Parser)]
@@ -63,6 +67,10 @@ pub enum Command {
     EncodeText(Box<EncodeTextArgs>),
     /// Decode latent shards back to PNGs with the VAE (to check them).
     DecodeLatents(DecodeLatentsArgs),
+    /// Export the curated set for other tools: HF datasets parquet, WebDataset tars, kohya / musubi latent caches.
+    Export(Box<ExportArgs>),
+    /// Embeddings made elsewhere (a key + vector parquet, or clip-retrieval's img_emb/*.npy) as an embeddings stage `dedup` reads.
+    ImportEmbeddings(Box<ImportEmbeddingsArgs>),
     /// Train the oboro DiT with I-CFM on latent shards (resumable checkpoints, metrics JSONL).
     Train(Box<TrainArgs>),
     /// Sample images from a trained DiT: Euler ODE with classifier-free guidance, VAE decode to PNG.

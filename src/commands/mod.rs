@@ -9,7 +9,9 @@ mod doctor;
 pub mod embed;
 pub mod encode_latents;
 pub mod encode_text;
+pub mod export;
 pub mod fetch;
+pub mod import_embeddings;
 pub mod ingest;
 mod report;
 pub mod run;
@@ -50,6 +52,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::EncodeLatents(args) => encode_latents::run(&args).map(|_| ()),
         Command::EncodeText(args) => encode_text::run(&args).map(|_| ()),
         Command::DecodeLatents(args) => decode_latents::run(&args),
+        Command::Export(args) => export::run(&args).map(|_| ()),
+        Command::ImportEmbeddings(args) => import_embeddings::run(&args).map(|_| ()),
         Command::Train(args) => train::run(&args).map(|_| ()),
         Command::Sample(args) => sample::run(&args).map(|_| ()),
         Command::Run(args) => run::run(&args),

@@ -178,6 +178,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                     | Command::Caption(_)
                     | Command::EncodeLatents(_)
                     | Command::EncodeText(_)
+                    | Command::Export(_)
+                    | Command::ImportEmbeddings(_)
                     | Command::Train(_)
                     | Command::Sample(_)
             ) {
@@ -211,6 +213,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             Command::Caption(a) => super::caption::run(a),
             Command::EncodeLatents(a) => super::encode_latents::run(a),
             Command::EncodeText(a) => super::encode_text::run(a),
+            Command::Export(a) => super::export::run(a),
+            Command::ImportEmbeddings(a) => super::import_embeddings::run(a),
             Command::Train(a) => super::train::run_stage(a),
             Command::Sample(a) => super::sample::run_stage(a),
             _ => bail!("stage `{name}`: `{}` is not a pipeline stage", stage.run),

@@ -14,13 +14,17 @@
 //! | `caption` | [`caption`] (models in `caption/`) |
 //! | `encode-latents` | [`encode_latents`] |
 //! | `encode-text` | [`encode_text`] |
+//! | `export` | [`export`] (one file per format in `export/`) |
+//! | `import-embeddings` | [`import_embeddings`] |
 
 pub mod caption;
 pub mod dedup;
 pub mod embed;
 pub mod encode_latents;
 pub mod encode_text;
+pub mod export;
 pub mod fetch;
+pub mod import_embeddings;
 pub mod ingest;
 pub mod onnx_model;
 pub mod score;

@@ -104,7 +104,7 @@ fn scan_keep(dir: &Path) -> Result<LazyFrame> {
 }
 
 /// Picks one caption of `key` by the mix weights (seeded by key).
-fn pick_caption<'a, S: AsRef<str> + Ord>(
+pub fn pick_caption<'a, S: AsRef<str> + Ord>(
     options: &'a [(S, S)],
     mix: &BTreeMap<String, f64>,
     key: &str,
