@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{curate, demo, ingest, read_images, repo, run};
+use crate::common::{curate, demo, ingest, read_images, repo, run, walk};
 use crate::latents::read_latents;
 
 /// Whether the consumer packages import; without them the test fails when
@@ -78,19 +78,6 @@ fn temporaries(dir: &Path) -> Vec<String> {
         })
         .map(|p| p.display().to_string())
         .collect()
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -12,9 +12,9 @@ use curate_stage::{Context, Result};
 
 use super::{ExportFormat, ExportSummary, ShardWriter};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hf {
-    /// Data files are cut at about this many bytes (0: the default 500 MB).
+    /// Data files are cut at about this many bytes.
     pub max_file_bytes: u64,
 }
 
@@ -32,13 +32,8 @@ impl ExportFormat for Hf {
             dir,
             shard,
             part: 0,
-            max: if self.max_file_bytes == 0 {
-                500 << 20
-            } else {
-                self.max_file_bytes
-            } as usize,
+            max: self.max_file_bytes as usize,
             file: None,
-            done: Vec::new(),
         }))
     }
 
@@ -74,7 +69,6 @@ struct HfShard {
     part: u32,
     max: usize,
     file: Option<(ForeignParquet, String)>,
-    done: Vec<ForeignParquet>,
 }
 
 impl ShardWriter for HfShard {
@@ -84,8 +78,9 @@ impl ShardWriter for HfShard {
             .as_ref()
             .is_some_and(|(f, _)| f.bytes() >= self.max)
         {
+            // Renamed now: a redo of the shard removes its files first.
             let (f, _) = self.file.take().expect("open file");
-            self.done.push(f);
+            f.finish()?;
             self.part += 1;
         }
         if self.file.is_none() {
@@ -104,10 +99,9 @@ impl ShardWriter for HfShard {
     }
 
     fn finish(self: Box<Self>) -> Result<()> {
-        let s = *self;
-        for f in s.done.into_iter().chain(s.file.map(|(f, _)| f)) {
-            f.finish()?;
+        match self.file {
+            Some((f, _)) => Ok(f.finish()?),
+            None => Ok(()),
         }
-        Ok(())
     }
 }

@@ -112,7 +112,7 @@ fn format_impl(format: Format, max_file_bytes: u64) -> Box<dyn ExportFormat> {
 #[derive(Debug)]
 struct Sources {
     images: Upstream,
-    dedup: Option<PathBuf>,
+    dedup: Option<Upstream>,
     score: Option<Upstream>,
     captions: Vec<Upstream>,
 }
@@ -131,6 +131,18 @@ fn resolve(work: &Path, p: &Path) -> PathBuf {
     } else {
         work.join(p)
     }
+}
+
+/// `up`, if every shard of it is complete (its shards are read by number).
+fn complete(kind: &str, up: Upstream) -> Result<Upstream> {
+    if !up.complete() {
+        bail!(
+            "{}: the `{kind}` stage is not complete (shards missing: {:?}); finish it first",
+            up.dir.display(),
+            up.missing()
+        );
+    }
+    Ok(up)
 }
 
 /// Every stage folder of the work dir, with its stage name.
@@ -233,14 +245,7 @@ impl Sources {
                         up.manifest.stage
                     );
                 }
-                if !up.complete() {
-                    bail!(
-                        "--{kind} {}: the stage is not complete (shards missing: {:?})",
-                        p.display(),
-                        up.missing()
-                    );
-                }
-                return Ok(Some(up));
+                return complete(kind, up).map(Some);
             }
             let found: Vec<&Upstream> = stages
                 .iter()
@@ -249,7 +254,7 @@ impl Sources {
                 .collect();
             match found.as_slice() {
                 [] => Ok(None),
-                [one] => Ok(Some(Upstream::load(&one.dir)?.expect("listed stage"))),
+                [one] => complete(kind, (*one).clone()).map(Some),
                 many => bail!(
                     "{}: expected one `{kind}` stage of {}, found {}: {}; pass --{kind} NAME",
                     work.display(),
@@ -320,7 +325,7 @@ impl Sources {
         }
         Ok(Sources {
             images,
-            dedup: dedup.map(|d| d.dir),
+            dedup,
             score,
             captions,
         })
@@ -351,7 +356,7 @@ impl Export {
         check_output(&s.output, s.format, format.as_ref())?;
         let keep = match &sources.dedup {
             Some(d) => {
-                let path = d.join(dedup_keep::FILE);
+                let path = d.output(dedup_keep::FILE);
                 if !path.is_file() {
                     bail!(
                         "{}: expected a finished dedup stage's keep list",
@@ -366,7 +371,8 @@ impl Export {
         let fp = |u: &Upstream| serde_json::json!({"dir": u.dir.display().to_string(), "fingerprint": u.fingerprint()});
         let config = serde_json::json!({
             "format": s.format.name(),
-            "dedup": sources.dedup.as_ref().map(|d| d.display().to_string()),
+            // A rerun of dedup (another eps) changes the keep list, not the folder.
+            "dedup": sources.dedup.as_ref().map(|d| serde_json::json!({"dir": d.dir.display().to_string(), "config_hash": d.manifest.config_hash})),
             "score": sources.score.as_ref().map(fp),
             "captions": sources.captions.iter().map(fp).collect::<Vec<_>>(),
             "kept": keep.as_ref().map(|k| k.len()),
@@ -504,7 +510,6 @@ impl Stage for Export {
             let records = images::from_batch(&batch?).map_err(StageError::other)?;
             let mut samples = Vec::new();
             for r in records {
-                let seen = r.key.clone();
                 out.wrote(1);
                 if r.status != curate_core::record::Status::Ok {
                     continue;
@@ -520,7 +525,7 @@ impl Stage for Export {
                 }
                 let Some(bytes) = r.bytes else {
                     rows.push(IndexRow {
-                        key: seen,
+                        key: r.key,
                         result: Err(("no_bytes".into(), "the image row holds no bytes".into())),
                     });
                     continue;
