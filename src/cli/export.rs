@@ -10,6 +10,10 @@ pub enum ExportFormat {
     Hf,
     /// img2dataset-style WebDataset tars (KEY.jpg, KEY.txt, KEY.json) with sidecar parquet and stats.
     Webdataset,
+    /// kohya sd-scripts' FLUX latent cache: KEY.jpg, KEY.txt and KEY_WWWWxHHHH_flux.npz, one folder.
+    Kohya,
+    /// musubi-tuner's Z-Image latent cache (FLUX.1's VAE): KEY.jpg, KEY.txt and KEY_WWWWxHHHH_zi.safetensors.
+    Musubi,
 }
 
 #[derive(Debug, Args)]
@@ -35,6 +39,15 @@ pub struct ExportArgs {
     /// Caption stages [default: every caption stage found in WORK_DIR].
     #[arg(long, value_delimiter = ',')]
     pub captions: Vec<PathBuf>,
+    /// kohya, musubi: the encode-latents stage to export [default: the one of the images in
+    /// WORK_DIR]. Its rows are the selection, its captions the texts.
+    #[arg(long)]
+    pub latents: Option<PathBuf>,
+    /// kohya, musubi: export a draw z ~ N(mean, exp(logvar)) seeded per key by SEED, as kohya's
+    /// own caching samples the posterior, instead of the stored mean. Needs a latents stage
+    /// encoded with `--store mean-logvar`.
+    #[arg(long, value_name = "SEED")]
+    pub sample_posterior: Option<u64>,
     /// Proceed without these stages (comma-separated: dedup, score, caption).
     #[arg(long, value_delimiter = ',')]
     pub allow_missing: Vec<String>,

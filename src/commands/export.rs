@@ -1,4 +1,4 @@
-//! `curate export WORK_DIR -o OUT --format hf|webdataset`: the curated set
+//! `curate export WORK_DIR -o OUT --format hf|webdataset|kohya|musubi`: the curated set
 //! in the formats other tools load. The stage is `curate_stages::export`;
 //! this file turns the flags into its settings.
 
@@ -14,11 +14,15 @@ pub fn settings(args: &ExportArgs) -> ExportSettings {
         format: match args.format {
             ExportFormat::Hf => Format::Hf,
             ExportFormat::Webdataset => Format::WebDataset,
+            ExportFormat::Kohya => Format::Kohya,
+            ExportFormat::Musubi => Format::Musubi,
         },
         images: args.images.clone(),
         dedup: args.dedup.clone(),
         score: args.score.clone(),
         captions: args.captions.clone(),
+        latents: args.latents.clone(),
+        sample_posterior: args.sample_posterior,
         allow_missing: args.allow_missing.clone(),
         caption_mix: args.caption_mix.clone(),
         no_tag: args.no_tag,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use curate_io::export::{self, ForeignParquet, Sample};
 use curate_stage::{Context, Result};
 
-use super::{ExportFormat, ExportSummary, ShardWriter};
+use super::{ExportFormat, ExportSummary, SampleFormat, ShardWriter, Writes};
 
 #[derive(Debug)]
 pub struct Hf {
@@ -20,7 +20,7 @@ pub struct Hf {
 
 const DATA: &str = "data";
 
-impl ExportFormat for Hf {
+impl SampleFormat for Hf {
     fn begin(&self, out: &Path, shard: u32) -> Result<Box<dyn ShardWriter>> {
         let dir = out.join(DATA);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -35,6 +35,12 @@ impl ExportFormat for Hf {
             max: self.max_file_bytes as usize,
             file: None,
         }))
+    }
+}
+
+impl ExportFormat for Hf {
+    fn writes(&self) -> Writes<'_> {
+        Writes::Samples(self)
     }
 
     fn owns(&self, name: &str) -> bool {

@@ -16,6 +16,9 @@
 //! complete or redone from scratch by the next run.
 
 pub mod hf;
+pub mod kohya;
+pub mod latent_cache;
+pub mod musubi;
 pub mod webdataset;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -34,6 +37,8 @@ use crate::encode_latents::select::{parse_mix, pick_caption};
 pub enum Format {
     Hf,
     WebDataset,
+    Kohya,
+    Musubi,
 }
 
 impl Format {
@@ -41,7 +46,15 @@ impl Format {
         match self {
             Format::Hf => "hf",
             Format::WebDataset => "webdataset",
+            Format::Kohya => "kohya",
+            Format::Musubi => "musubi",
         }
+    }
+
+    /// The latent-cache formats export an encode-latents stage (which holds
+    /// the selection, texts and crops); the others join the stages themselves.
+    pub fn needs_latents(self) -> bool {
+        matches!(self, Format::Kohya | Format::Musubi)
     }
 }
 
@@ -57,6 +70,11 @@ pub struct ExportSettings {
     pub dedup: Option<PathBuf>,
     pub score: Option<PathBuf>,
     pub captions: Vec<PathBuf>,
+    /// kohya, musubi: the encode-latents stage.
+    pub latents: Option<PathBuf>,
+    /// kohya, musubi: export a posterior draw (seeded per key) instead of
+    /// the mean; needs a stage stored with `--store mean-logvar`.
+    pub sample_posterior: Option<u64>,
     /// Stages allowed to be missing: `dedup`, `score`, `caption`.
     pub allow_missing: Vec<String>,
     pub caption_mix: String,
@@ -66,7 +84,7 @@ pub struct ExportSettings {
     pub max_file_bytes: u64,
 }
 
-/// What a format writes for one shard.
+/// What a sample format writes for one shard.
 pub trait ShardWriter {
     /// Writes samples (in order); returns, per sample, the file (relative to
     /// the export folder) that holds it.
@@ -75,8 +93,9 @@ pub trait ShardWriter {
     fn finish(self: Box<Self>) -> Result<()>;
 }
 
-/// A format: its files per shard and the files of the whole export.
-pub trait ExportFormat {
+/// A format that writes joined samples (images with their captions and
+/// scores) per image shard: hf, webdataset.
+pub trait SampleFormat {
     /// Clears what an earlier attempt at `shard` left, then opens its writer.
     fn begin(&self, out: &Path, shard: u32) -> Result<Box<dyn ShardWriter>>;
     /// Samples must reach the writer in key order (the whole shard is then
@@ -84,6 +103,19 @@ pub trait ExportFormat {
     fn key_order(&self) -> bool {
         false
     }
+}
+
+/// How a format's shards are written.
+pub enum Writes<'a> {
+    /// From the image shard joined with score and caption shards.
+    Samples(&'a dyn SampleFormat),
+    /// From the encode-latents shard: per image, the image, its caption and a cache file.
+    LatentCache(&'a dyn latent_cache::CacheFile),
+}
+
+/// A format: its files per shard and the files of the whole export.
+pub trait ExportFormat {
+    fn writes(&self) -> Writes<'_>;
     /// Whether `name` (a top-level entry of the export folder) is this format's.
     fn owns(&self, name: &str) -> bool;
     /// Stage-level files once every shard is complete (the dataset card, …).
@@ -101,11 +133,30 @@ pub struct ExportSummary {
     pub bytes: u64,
 }
 
-fn format_impl(format: Format, max_file_bytes: u64) -> Box<dyn ExportFormat> {
+fn format_impl(
+    format: Format,
+    max_file_bytes: u64,
+    latents: Option<&latent_cache::LatentsInfo>,
+) -> Box<dyn ExportFormat> {
+    let info = || {
+        latents
+            .cloned()
+            .expect("a latent format has its latents stage")
+    };
     match format {
         Format::Hf => Box::new(hf::Hf { max_file_bytes }),
         Format::WebDataset => Box::new(webdataset::WebDataset),
+        Format::Kohya => Box::new(kohya::Kohya { info: info() }),
+        Format::Musubi => Box::new(musubi::Musubi { info: info() }),
     }
+}
+
+/// Whether `name` is an image file the LoRA trainers list.
+pub(crate) fn is_image_file(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".bin"]
+        .iter()
+        .any(|e| lower.ends_with(e))
 }
 
 /// The stages an export reads.
@@ -115,6 +166,8 @@ struct Sources {
     dedup: Option<Upstream>,
     score: Option<Upstream>,
     captions: Vec<Upstream>,
+    /// kohya, musubi: the encode-latents stage (shard s covers image shard s).
+    latents: Option<Upstream>,
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -228,19 +281,20 @@ impl Sources {
         let mut missing = Vec::new();
         // One stage of a kind reading these images (dedup: through its embed stage).
         let pick = |kind: &str,
+                    flag: &str,
                     given: &Option<PathBuf>,
                     check: &dyn Fn(&Upstream) -> bool|
          -> Result<Option<Upstream>> {
             if let Some(p) = given {
                 let up = Upstream::load(&resolve(work, p))?.with_context(|| {
                     format!(
-                        "--{kind} {}: not a stage folder (no manifest.json)",
+                        "--{flag} {}: not a stage folder (no manifest.json)",
                         p.display()
                     )
                 })?;
                 if up.manifest.stage != kind {
                     bail!(
-                        "--{kind} {}: expected a `{kind}` stage, found `{}`",
+                        "--{flag} {}: expected a `{kind}` stage, found `{}`",
                         p.display(),
                         up.manifest.stage
                     );
@@ -256,7 +310,7 @@ impl Sources {
                 [] => Ok(None),
                 [one] => complete(kind, (*one).clone()).map(Some),
                 many => bail!(
-                    "{}: expected one `{kind}` stage of {}, found {}: {}; pass --{kind} NAME",
+                    "{}: expected one `{kind}` stage of {}, found {}: {}; pass --{flag} NAME",
                     work.display(),
                     images.dir.display(),
                     many.len(),
@@ -267,12 +321,34 @@ impl Sources {
                 ),
             }
         };
+        if s.format.needs_latents() {
+            let latents = pick("encode-latents", "latents", &s.latents, &|u| {
+                reads(u, &images.dir)
+            })?;
+            let Some(latents) = latents else {
+                bail!(
+                    "{}: `--format {}` exports an encode-latents stage, and there is no complete one of the images {} (found: {}); run `curate encode-latents` or pass --latents NAME",
+                    work.display(),
+                    s.format.name(),
+                    images.dir.display(),
+                    listing(&stages)
+                );
+            };
+            check_mirrors(&latents, &images, &reads)?;
+            return Ok(Sources {
+                images,
+                dedup: None,
+                score: None,
+                captions: Vec::new(),
+                latents: Some(latents),
+            });
+        }
         let embeds_of_images: Vec<PathBuf> = stages
             .iter()
             .filter(|(n, u)| n == "embed" && reads(u, &images.dir))
             .map(|(_, u)| u.dir.clone())
             .collect();
-        let dedup = pick("dedup", &s.dedup, &|u| {
+        let dedup = pick("dedup", "dedup", &s.dedup, &|u| {
             embeds_of_images
                 .iter()
                 .any(|e| same_dir(Path::new(&u.manifest.inputs.location), e))
@@ -280,7 +356,7 @@ impl Sources {
         if dedup.is_none() && !allowed("dedup") {
             missing.push("dedup");
         }
-        let score = pick("score", &s.score, &|u| reads(u, &images.dir))?;
+        let score = pick("score", "score", &s.score, &|u| reads(u, &images.dir))?;
         if score.is_none() && !allowed("score") {
             missing.push("score");
         }
@@ -312,24 +388,35 @@ impl Sources {
             );
         }
         for up in score.iter().chain(&captions) {
-            if !reads(up, &images.dir) || up.manifest.num_shards != images.manifest.num_shards {
-                bail!(
-                    "{}: expected a stage made from {} ({} shards), found one made from {} ({} shards)",
-                    up.dir.display(),
-                    images.dir.display(),
-                    images.manifest.num_shards,
-                    up.manifest.inputs.location,
-                    up.manifest.num_shards
-                );
-            }
+            check_mirrors(up, &images, &reads)?;
         }
         Ok(Sources {
             images,
             dedup,
             score,
             captions,
+            latents: None,
         })
     }
+}
+
+/// `up` was made from `images`, shard for shard.
+fn check_mirrors(
+    up: &Upstream,
+    images: &Upstream,
+    reads: &dyn Fn(&Upstream, &Path) -> bool,
+) -> Result<()> {
+    if !reads(up, &images.dir) || up.manifest.num_shards != images.manifest.num_shards {
+        bail!(
+            "{}: expected a stage made from {} ({} shards), found one made from {} ({} shards)",
+            up.dir.display(),
+            images.dir.display(),
+            images.manifest.num_shards,
+            up.manifest.inputs.location,
+            up.manifest.num_shards
+        );
+    }
+    Ok(())
 }
 
 /// A shard's scores by key.
@@ -344,6 +431,8 @@ pub struct Export {
     keep: Option<HashSet<String>>,
     mix: std::collections::BTreeMap<String, f64>,
     format: Box<dyn ExportFormat>,
+    /// kohya, musubi: what the latents stage records.
+    latents_info: Option<latent_cache::LatentsInfo>,
     config: serde_json::Value,
 }
 
@@ -352,7 +441,27 @@ impl Export {
     pub fn open(settings: &ExportSettings) -> Result<Export> {
         let s = settings;
         let sources = Sources::find(s)?;
-        let format = format_impl(s.format, s.max_file_bytes);
+        if s.sample_posterior.is_some() && !s.format.needs_latents() {
+            bail!(
+                "--sample-posterior: expected --format kohya or musubi (latent caches), found --format {}",
+                s.format.name()
+            );
+        }
+        let latents_info = match &sources.latents {
+            Some(up) => {
+                let info = latent_cache::LatentsInfo::read(up)?;
+                if s.sample_posterior.is_some() && info.store != "mean-logvar" {
+                    bail!(
+                        "--sample-posterior: expected a latents stage stored with --store mean-logvar, found {} (store `{}`); re-encode with --store mean-logvar or export the mean",
+                        up.dir.display(),
+                        info.store
+                    );
+                }
+                Some(info)
+            }
+            None => None,
+        };
+        let format = format_impl(s.format, s.max_file_bytes, latents_info.as_ref());
         check_output(&s.output, s.format, format.as_ref())?;
         let keep = match &sources.dedup {
             Some(d) => {
@@ -375,6 +484,8 @@ impl Export {
             "dedup": sources.dedup.as_ref().map(|d| serde_json::json!({"dir": d.dir.display().to_string(), "config_hash": d.manifest.config_hash})),
             "score": sources.score.as_ref().map(fp),
             "captions": sources.captions.iter().map(fp).collect::<Vec<_>>(),
+            "latents": sources.latents.as_ref().map(fp),
+            "sample_posterior": s.sample_posterior,
             "kept": keep.as_ref().map(|k| k.len()),
             "caption_mix": mix,
             "no_tag": s.no_tag,
@@ -387,6 +498,7 @@ impl Export {
             keep,
             mix,
             format,
+            latents_info,
             config,
         })
     }
@@ -463,7 +575,7 @@ fn check_output(out: &Path, format: Format, fmt: &dyn ExportFormat) -> Result<()
     Ok(())
 }
 
-fn ext_of(format: Option<&str>) -> String {
+pub(crate) fn ext_of(format: Option<&str>) -> String {
     match format.unwrap_or("") {
         "jpeg" | "jpg" => "jpg".into(),
         "" => "bin".into(),
@@ -492,9 +604,28 @@ impl Stage for Export {
     }
 
     fn write_shard(&mut self, shard: u32, out: &mut ShardOutput<'_>) -> Result<ShardRecord> {
+        let samples = match self.format.writes() {
+            Writes::Samples(f) => f,
+            Writes::LatentCache(cache) => {
+                let (Some(latents), Some(info)) = (&self.sources.latents, &self.latents_info)
+                else {
+                    bail!("export: a latent-cache format without its latents stage");
+                };
+                let cfg = latent_cache::CacheShard {
+                    format: self.settings.format.name(),
+                    out: &self.settings.output,
+                    images: &self.sources.images,
+                    latents,
+                    info,
+                    cache,
+                    sample_posterior: self.settings.sample_posterior,
+                };
+                return latent_cache::write_shard(&cfg, shard, out);
+            }
+        };
         let schema = export::index_schema(self.settings.format.name())?;
         let mut index = out.begin(shard, self.table(), schema.clone(), 1 << 16)?;
-        let mut writer = self.format.begin(&self.settings.output, shard)?;
+        let mut writer = samples.begin(&self.settings.output, shard)?;
         let (score_of, captions_of) = self.side_tables(shard)?;
         let input = &self.sources.images.shards[shard as usize];
         let path = self.sources.images.shard_path(input);
@@ -504,7 +635,7 @@ impl Stage for Export {
             .map(|f| f.name.as_str())
             .collect();
         let mut rows: Vec<IndexRow> = Vec::new();
-        let sort = self.format.key_order();
+        let sort = samples.key_order();
         let mut held: Vec<Sample> = Vec::new();
         for batch in curate_io::stream_columns(&path, images::table(), &columns, 64)? {
             let records = images::from_batch(&batch?).map_err(StageError::other)?;

@@ -14,11 +14,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use curate_io::export::{self, ForeignParquet, Sample};
 use curate_stage::{bail, Context, Result, StageError};
 
-use super::{ExportFormat, ShardWriter};
+use super::{ExportFormat, SampleFormat, ShardWriter, Writes};
 
 pub struct WebDataset;
 
-impl ExportFormat for WebDataset {
+impl SampleFormat for WebDataset {
     fn begin(&self, out: &Path, shard: u32) -> Result<Box<dyn ShardWriter>> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let stem = format!("{shard:05}");
@@ -48,6 +48,12 @@ impl ExportFormat for WebDataset {
 
     fn key_order(&self) -> bool {
         true
+    }
+}
+
+impl ExportFormat for WebDataset {
+    fn writes(&self) -> Writes<'_> {
+        Writes::Samples(self)
     }
 
     fn owns(&self, name: &str) -> bool {
