@@ -92,7 +92,8 @@ pub struct SampleArgs {
     /// Euler steps.
     #[arg(long, default_value_t = 30)]
     pub steps: usize,
-    /// Timestep shift α (t' = α·t / (1 + (α−1)·t)); 1 = none.
+    /// Timestep shift α as diffusers' FlowMatchEulerDiscreteScheduler(shift=α) (SD3, FLUX): noise
+    /// levels σ' = α·σ / (1 + (α−1)·σ); α > 1 spends more steps near the noise (SD3: 3.0); 1 = none.
     #[arg(long, default_value_t = 1.0)]
     pub shift: f64,
     /// Seeds; each prompt is sampled once per seed.

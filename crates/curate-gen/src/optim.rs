@@ -1,5 +1,7 @@
 //! AdamW (Loshchilov & Hutter, "Decoupled Weight Decay Regularization";
-//! the update of `torch.optim.AdamW`), linear warmup then a schedule,
+//! the update of `torch.optim.AdamW`, which decays every parameter; the
+//! parameters named by `no_decay` form a second group with weight decay 0,
+//! as torch's parameter groups do), linear warmup then a schedule,
 //! global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_`) and an
 //! optional EMA of the weights. Written here rather than taken from
 //! candle-nn so that the moments are visible for checkpoints.
@@ -36,6 +38,10 @@ pub struct OptimConfig {
     pub eps: f64,
     #[serde(default)]
     pub weight_decay: f64,
+    /// Parameters whose name contains one of these are not decayed (e.g.
+    /// `["bias", "norm"]`); every other parameter is, as in torch.
+    #[serde(default)]
+    pub no_decay: Vec<String>,
     #[serde(default)]
     pub warmup_steps: u64,
     #[serde(default = "constant")]
@@ -118,6 +124,11 @@ impl AdamW {
         })
     }
 
+    /// Whether weight decay applies to parameter `name`.
+    pub fn decays(&self, name: &str) -> bool {
+        !self.cfg.no_decay.iter().any(|n| name.contains(n.as_str()))
+    }
+
     /// Global L2 norm of the gradients (missing gradients count as zero).
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut total = 0f64;
@@ -152,7 +163,7 @@ impl AdamW {
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
-        for (i, (_, p)) in self.params.iter().enumerate() {
+        for (i, (name, p)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(p.as_tensor()) else {
                 continue;
             };
@@ -160,7 +171,7 @@ impl AdamW {
             let m = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
             let v = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let mut w = p.as_tensor().clone();
-            if self.cfg.weight_decay > 0.0 && p.rank() >= 2 {
+            if self.cfg.weight_decay > 0.0 && self.decays(name) {
                 w = (w * (1.0 - lr * self.cfg.weight_decay))?;
             }
             let denom = ((&v / bc2)?.sqrt()? + self.cfg.eps)?;

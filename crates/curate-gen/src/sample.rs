@@ -1,9 +1,13 @@
 //! The sampler: Euler integration of the learned velocity field from noise
 //! (t = 0) to data (t = 1), in the I-CFM convention (not FLUX's reversed
-//! one), with classifier-free guidance v = v_u + s·(v_c − v_u) and an
-//! optional timestep shift t' = α·t / (1 + (α − 1)·t) (the SD3 / FLUX-dev
-//! form, applied to this convention's t: α > 1 spends more of the steps
-//! near the data end, α < 1 near the noise end).
+//! one), with classifier-free guidance v = v_u + s·(v_c − v_u).
+//!
+//! The steps are diffusers' `FlowMatchEulerDiscreteScheduler(shift=α)`
+//! (SD3, FLUX) on the noise level σ = 1 − t: σ from 1 down to its smallest
+//! training level, spaced evenly in its 1,000 training timesteps, shifted
+//! σ' = α·σ / (1 + (α − 1)·σ), then 0. So `--shift` means what it means
+//! there: α > 1 spends more of the steps near the noise end (SD3 samples
+//! with 3.0), α < 1 near the data end.
 
 use candle_core::{Device, Tensor};
 
@@ -23,16 +27,46 @@ pub struct SampleOptions {
     pub latent_hw: (usize, usize),
 }
 
-/// t' = α·t / (1 + (α − 1)·t): the identity for α = 1, fixing 0 and 1.
-pub fn shift(t: f64, alpha: f64) -> f64 {
-    alpha * t / (1.0 + (alpha - 1.0) * t)
+/// σ' = α·σ / (1 + (α − 1)·σ): the identity for α = 1, fixing 0 and 1.
+pub fn shift(sigma: f64, alpha: f64) -> f64 {
+    alpha * sigma / (1.0 + (alpha - 1.0) * sigma)
 }
 
-/// The timesteps t_0 = 0 < … < t_N = 1, shifted.
+/// diffusers' `FlowMatchEulerDiscreteScheduler` training timesteps.
+const TRAIN_TIMESTEPS: u32 = 1000;
+
+/// The noise levels of `FlowMatchEulerDiscreteScheduler(shift=α)
+/// .set_timesteps(steps)`, its `sigmas`: `steps` levels from 1 down, then 0.
+/// Computed as diffusers does, with its float32 roundings (its smallest
+/// level is shifted once in f32 at construction, the evenly spaced levels
+/// once more in f64), so the values are equal.
+pub fn sigmas(steps: usize, alpha: f64) -> Vec<f64> {
+    let n = TRAIN_TIMESTEPS as f32;
+    let a = alpha as f32;
+    let s = 1.0f32 / n;
+    let sigma_min = (a * s / (1.0 + (a - 1.0) * s)) as f64;
+    let sigma_max = (a * 1.0 / (1.0 + (a - 1.0) * 1.0)) as f64;
+    let (start, stop) = (sigma_max * n as f64, sigma_min * n as f64);
+    let mut out: Vec<f64> = (0..steps)
+        .map(|i| {
+            // numpy.linspace: start + i·step, the last one exactly `stop`.
+            let t = if steps == 1 {
+                start
+            } else if i == steps - 1 {
+                stop
+            } else {
+                start + i as f64 * ((stop - start) / (steps - 1) as f64)
+            };
+            shift(t / n as f64, alpha) as f32 as f64
+        })
+        .collect();
+    out.push(0.0);
+    out
+}
+
+/// The timesteps t_0 = 0 < … < t_N = 1 of this convention (t = 1 − σ).
 pub fn timesteps(steps: usize, alpha: f64) -> Vec<f64> {
-    (0..=steps)
-        .map(|i| shift(i as f64 / steps as f64, alpha))
-        .collect()
+    sigmas(steps, alpha).into_iter().map(|s| 1.0 - s).collect()
 }
 
 /// Initial noise [1, C, H, W] from `seed`.
@@ -79,13 +113,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shift_fixes_the_ends() {
+    fn shift_fixes_the_ends_and_moves_steps_towards_the_noise() {
         for a in [0.5, 1.0, 3.0] {
             assert_eq!(shift(0.0, a), 0.0);
             assert!((shift(1.0, a) - 1.0).abs() < 1e-12);
         }
         assert!((shift(0.5, 3.0) - 0.75).abs() < 1e-12);
         let ts = timesteps(4, 1.0);
-        assert_eq!(ts, vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+        assert_eq!((ts[0], ts[4]), (0.0, 1.0));
+        // α = 3 keeps the middle step nearer the noise end (t = 0) than α = 1.
+        assert!(timesteps(4, 3.0)[2] < ts[2]);
     }
 }

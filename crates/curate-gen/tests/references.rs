@@ -288,3 +288,116 @@ fn forward_shapes_and_text_padding_is_masked() {
         x.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     );
 }
+
+fn read_ref(name: &str) -> Value {
+    let text = std::fs::read_to_string(repo().join("fixtures/gen").join(name)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Largest |a − b| / max(|b|, 1e-3) over the elements.
+fn max_rel_diff(a: &Tensor, b: &[f32]) -> f32 {
+    let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(1e-3))
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn sampler_steps_equal_diffusers_flow_match_euler_with_its_shift() {
+    let r = read_ref("optim_sampler_reference.json");
+    let cases = r["flow_match_euler"].as_array().unwrap();
+    assert!(cases.len() >= 9);
+    for c in cases {
+        let (alpha, steps) = (c["shift"].as_f64().unwrap(), c["steps"].as_u64().unwrap());
+        let want: Vec<f64> = c["sigmas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let got = curate_gen::sample::sigmas(steps as usize, alpha);
+        assert_eq!(got.len(), want.len(), "shift {alpha}, {steps} steps");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-7,
+                "shift {alpha}, {steps} steps: {got:?} vs diffusers {want:?}"
+            );
+        }
+        // The sampler's timesteps are t = 1 − σ (t = 0 the noise).
+        let ts = curate_gen::sample::timesteps(steps as usize, alpha);
+        assert!(ts
+            .iter()
+            .zip(&got)
+            .all(|(t, s)| (t - (1.0 - s)).abs() < 1e-15));
+    }
+}
+
+#[test]
+fn adamw_with_groups_clipping_schedule_and_ema_equals_torch_for_20_steps() {
+    use curate_gen::optim::{AdamW, OptimConfig};
+    let r = read_ref("optim_sampler_reference.json");
+    let a = &r["adamw"];
+    let cfg: OptimConfig = serde_json::from_value(a["config"].clone()).unwrap();
+    assert!(cfg.beta2 != 0.999 && cfg.eps != 1e-8 && cfg.weight_decay > 0.0);
+    let total = a["total_steps"].as_u64().unwrap();
+    let dev = Device::Cpu;
+    let shape = |k: &str| -> Vec<usize> {
+        a["shapes"][k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect()
+    };
+    let names: Vec<String> = a["shapes"].as_object().unwrap().keys().cloned().collect();
+    let tensor = |k: &str, v: &Value| Tensor::from_vec(floats(v), shape(k), &dev).unwrap();
+    let params: std::collections::BTreeMap<String, candle_core::Var> = names
+        .iter()
+        .map(|k| {
+            let t = tensor(k, &a["initial"][k]);
+            (k.clone(), candle_core::Var::from_tensor(&t).unwrap())
+        })
+        .collect();
+    let mut opt = AdamW::new(cfg.clone(), params.clone()).unwrap();
+    // torch decays every parameter outside the no-decay group, 1-D ones too.
+    assert!(
+        !opt.decays("blocks.0.norm1.weight")
+            && opt.decays("final.weight")
+            && opt.decays("t_embed.scale")
+    );
+    let steps = a["steps"].as_array().unwrap();
+    assert_eq!(steps.len() as u64, total);
+    for (i, s) in steps.iter().enumerate() {
+        let lr = cfg.lr_at(i as u64, total);
+        let want_lr = s["lr"].as_f64().unwrap();
+        assert!(
+            (lr - want_lr).abs() < 1e-12,
+            "step {i}: lr {lr}, LambdaLR {want_lr}"
+        );
+        let mut loss = Tensor::new(0f32, &dev).unwrap();
+        for k in &names {
+            let p = params[k].as_tensor();
+            let (c, d) = (tensor(k, &a["coef_c"][k]), tensor(k, &a["coef_d"][k]));
+            let term = ((&c * p.sqr().unwrap()).unwrap() + (&d * p).unwrap()).unwrap();
+            loss = (loss + term.sum_all().unwrap()).unwrap();
+        }
+        let grads = loss.backward().unwrap();
+        let norm = opt.step(&grads, lr).unwrap();
+        let want_norm = s["grad_norm"].as_f64().unwrap();
+        assert!(
+            ((norm - want_norm) / want_norm).abs() < 1e-5,
+            "step {i}: grad norm {norm}, torch {want_norm}"
+        );
+        let ema = opt.ema.as_ref().unwrap();
+        for (j, (k, p)) in opt.params.iter().enumerate() {
+            let dp = max_rel_diff(p.as_tensor(), &floats(&s["params"][k]));
+            let de = max_rel_diff(&ema[j], &floats(&s["ema"][k]));
+            assert!(
+                dp < 1e-4 && de < 1e-4,
+                "step {i}, {k}: params off by {dp}, EMA by {de} (relative)"
+            );
+        }
+    }
+}
