@@ -36,13 +36,27 @@ fn stage(dir: &Path) {
 }
 
 fn train_cmd(stage: &Path, out: &Path, extra: &[&str]) -> std::process::Command {
+    train_cmd_with(
+        stage,
+        out,
+        &repo().join("pipelines/configs/dit-tiny.json"),
+        extra,
+    )
+}
+
+fn train_cmd_with(
+    stage: &Path,
+    out: &Path,
+    config: &Path,
+    extra: &[&str],
+) -> std::process::Command {
     let mut c = curate();
     c.arg("train")
         .arg(stage)
         .arg("-o")
         .arg(out)
         .arg("--config")
-        .arg(repo().join("pipelines/configs/dit-tiny.json"))
+        .arg(config)
         .arg("--text-encoder")
         .arg(repo().join("fixtures/gen/t5-tiny"))
         .args([
@@ -296,4 +310,61 @@ fn init_from_starts_a_run_from_another_runs_weights() {
         "{}",
         r.stderr
     );
+}
+
+/// The latent `curate sample` writes for one prompt and seed with `extra` flags.
+fn sampled_latent(run_dir: &Path, samples: &Path, extra: &[&str]) -> Vec<u8> {
+    let r = run(curate()
+        .arg("sample")
+        .arg("--checkpoint")
+        .arg(run_dir)
+        .args([
+            "--prompt",
+            CAPTIONS[1],
+            "--seed",
+            "3",
+            "--image-size",
+            "64x64",
+        ])
+        .args(["--cfg-scale", "4.0", "--steps", "3"])
+        .args(extra)
+        .arg("--text-encoder")
+        .arg(repo().join("fixtures/gen/t5-tiny"))
+        .arg("--save-latents")
+        .arg("-o")
+        .arg(samples));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    std::fs::read(samples.join("sample-000-s3.safetensors")).unwrap()
+}
+
+#[test]
+fn negative_prompt_and_no_ema_change_what_is_sampled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = tmp.path().join("latents");
+    stage(&st);
+    // dit-tiny with an EMA of the weights.
+    let cfg = std::fs::read_to_string(repo().join("pipelines/configs/dit-tiny.json")).unwrap();
+    assert!(cfg.contains("\"ema_decay\": null"));
+    let cfg_path = tmp.path().join("dit-tiny-ema.json");
+    std::fs::write(
+        &cfg_path,
+        cfg.replace("\"ema_decay\": null", "\"ema_decay\": 0.5"),
+    )
+    .unwrap();
+    let out = tmp.path().join("run");
+    let r = run(&mut train_cmd_with(&st, &out, &cfg_path, &[]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let s = |name: &str| tmp.path().join(name);
+    let base = sampled_latent(&out, &s("base"), &[]);
+    assert_eq!(
+        base,
+        sampled_latent(&out, &s("again"), &[]),
+        "sampling is deterministic"
+    );
+    // The negative prompt is guidance's unconditional text: another text, another latent.
+    let neg = sampled_latent(&out, &s("neg"), &["--negative-prompt", CAPTIONS[3]]);
+    assert_ne!(base, neg, "--negative-prompt is used");
+    // The EMA weights are the default; --no-ema samples the raw weights.
+    let raw = sampled_latent(&out, &s("raw"), &["--no-ema"]);
+    assert_ne!(base, raw, "--no-ema picks other weights");
 }
