@@ -8,6 +8,15 @@ use curate_stage::StageSummary;
 
 use crate::cli::TrainArgs;
 
+/// Test hook: stall (never returning) right after the metrics line of this
+/// step, whether or not a checkpoint follows (a kill between checkpoints).
+fn stall_after_step() -> Option<u64> {
+    std::env::var("CURATE_TEST_STALL_AFTER_STEP")
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// Test hook: stall (never returning) right after the checkpoint of this step is in place.
 fn stall_after_checkpoint() -> Option<u64> {
     std::env::var("CURATE_TEST_STALL_AFTER_CHECKPOINT")
@@ -77,9 +86,15 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<curate_gen::train::TrainSummary> 
         cfg.train.batch_size
     );
     let stall = stall_after_checkpoint();
-    let summary = curate_gen::train::train(&cfg, &opts, index, text, &mut |step, path| {
-        tracing::info!("checkpoint {}", path.display());
-        if stall == Some(step) {
+    let stall_step = stall_after_step();
+    let summary = curate_gen::train::train(&cfg, &opts, index, text, &mut |step, checkpoint| {
+        if let Some(path) = checkpoint {
+            tracing::info!("checkpoint {}", path.display());
+            if stall == Some(step) {
+                curate_stage::stall(step);
+            }
+        }
+        if stall_step == Some(step) {
             curate_stage::stall(step);
         }
     })?;

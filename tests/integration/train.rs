@@ -40,6 +40,7 @@ fn train_cmd(stage: &Path, out: &Path, extra: &[&str]) -> std::process::Command 
         stage,
         out,
         &repo().join("pipelines/configs/dit-tiny.json"),
+        "12",
         extra,
     )
 }
@@ -48,6 +49,7 @@ fn train_cmd_with(
     stage: &Path,
     out: &Path,
     config: &Path,
+    steps: &str,
     extra: &[&str],
 ) -> std::process::Command {
     let mut c = curate();
@@ -61,7 +63,7 @@ fn train_cmd_with(
         .arg(repo().join("fixtures/gen/t5-tiny"))
         .args([
             "--steps",
-            "12",
+            steps,
             "--checkpoint-every",
             "3",
             "--seed",
@@ -352,7 +354,7 @@ fn negative_prompt_and_no_ema_change_what_is_sampled() {
     )
     .unwrap();
     let out = tmp.path().join("run");
-    let r = run(&mut train_cmd_with(&st, &out, &cfg_path, &[]));
+    let r = run(&mut train_cmd_with(&st, &out, &cfg_path, "12", &[]));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let s = |name: &str| tmp.path().join(name);
     let base = sampled_latent(&out, &s("base"), &[]);
@@ -367,4 +369,63 @@ fn negative_prompt_and_no_ema_change_what_is_sampled() {
     // The EMA weights are the default; --no-ema samples the raw weights.
     let raw = sampled_latent(&out, &s("raw"), &["--no-ema"]);
     assert_ne!(base, raw, "--no-ema picks other weights");
+}
+
+#[test]
+fn sigkill_between_checkpoints_then_resume_drops_the_uncovered_steps_and_repeats_the_losses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = tmp.path().join("latents");
+    stage(&st);
+    let reference = tmp.path().join("reference");
+    let r = run(&mut train_cmd(&st, &reference, &[]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let want = losses(&reference);
+    // A step between checkpoints (every 3 steps), drawn from the clock and printed.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let between = [4u64, 5, 7, 8, 10, 11];
+    let kill_at = between[nanos as usize % between.len()];
+    eprintln!("killing after the metrics line of step {kill_at} (checkpoints every 3)");
+    let killed = tmp.path().join("killed");
+    let mut child = train_cmd(&st, &killed, &[])
+        .env("CURATE_TEST_STALL_AFTER_STEP", kill_at.to_string())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut child, "stalled after");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // The metrics ran ahead of the last checkpoint.
+    assert_eq!(losses(&killed).len() as u64, kill_at);
+    let last_ck = kill_at / 3 * 3;
+    assert!(killed
+        .join(format!("checkpoints/step-{last_ck:08}.safetensors"))
+        .is_file());
+
+    // Another --steps changes the schedule: refused, naming both values.
+    let dit = repo().join("pipelines/configs/dit-tiny.json");
+    let mut longer = train_cmd_with(&st, &killed, &dit, "20", &["--resume"]);
+    let r = run(&mut longer);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("--steps 12") && r.stderr.contains("--steps 20"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        losses(&killed).len() as u64,
+        kill_at,
+        "the refusal leaves the run alone"
+    );
+
+    // The resume keeps the lines its checkpoint covers and redoes the rest, bit for bit.
+    let r = run(&mut train_cmd(&st, &killed, &["--resume"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        losses(&killed),
+        want,
+        "resumed losses differ from the uninterrupted run"
+    );
 }

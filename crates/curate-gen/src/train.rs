@@ -182,6 +182,8 @@ pub struct Checkpoint {
     pub cursor: u64,
     pub rng_state: u64,
     pub seed: u64,
+    /// The run's `--steps` (the schedule's horizon); older checkpoints lack it.
+    pub total_steps: Option<u64>,
     pub tensors: HashMap<String, Tensor>,
 }
 
@@ -227,6 +229,7 @@ impl Checkpoint {
             cursor: num("cursor")?,
             rng_state: num("rng_state")?,
             seed: num("seed")?,
+            total_steps: meta.get("total_steps").and_then(|v| v.parse().ok()),
             tensors,
         })
     }
@@ -381,13 +384,14 @@ fn truncate_metrics(path: &Path, upto: u64) -> Result<()> {
     })
 }
 
-/// Trains. `on_checkpoint(step, path)` runs after every checkpoint is in place.
+/// Trains. `on_step(step, checkpoint)` runs after every step's metrics
+/// line, with the checkpoint's path when one was put in place at that step.
 pub fn train(
     cfg: &RunConfig,
     opts: &TrainOptions,
     index: LatentIndex,
     text: TextSource<'_>,
-    on_checkpoint: &mut dyn FnMut(u64, &Path),
+    on_step: &mut dyn FnMut(u64, Option<&Path>),
 ) -> Result<TrainSummary> {
     if text.d_model() != cfg.model.text_dim {
         return Err(GenError::Config(format!(
@@ -429,6 +433,15 @@ pub fn train(
                 return Err(GenError::Config(format!(
                     "{}: the checkpoint was trained with a different configuration",
                     path.display()
+                )));
+            }
+            if let Some(total) = ck.total_steps.filter(|t| *t != opts.steps) {
+                return Err(GenError::Config(format!(
+                    "{}: the run was started with --steps {total}, this resume asks for --steps {}; \
+                     the learning-rate schedule depends on it, so resume with --steps {total} \
+                     (or start a new run with --init-from)",
+                    path.display(),
+                    opts.steps
                 )));
             }
             for (i, (name, var)) in state.opt.params.iter().enumerate() {
@@ -613,8 +626,10 @@ pub fn train(
         last_loss = Some(loss_val);
         if state.opt.step % opts.checkpoint_every.max(1) == 0 || state.opt.step == stop {
             let p = save_checkpoint(&state)?;
-            on_checkpoint(state.opt.step, &p);
+            on_step(state.opt.step, Some(&p));
             last_ck = Some(p);
+        } else {
+            on_step(state.opt.step, None);
         }
     }
     Ok(TrainSummary {
