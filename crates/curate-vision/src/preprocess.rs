@@ -79,10 +79,10 @@ pub enum Resize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DecodeScale {
-    /// Full-size decode, as the reference does.
+    /// Full-size decode, as the reference does (the default: exact).
+    #[default]
     Full,
     /// The smallest of 1/8, 1/4, 1/2, 1 that still covers the resize target.
-    #[default]
     Reduced,
 }
 
