@@ -5,7 +5,8 @@
 //!   manifest.json            stage, curate version, schema, config (+ hash), inputs,
 //!                            shard count, and the per-shard records consolidated
 //!   part-00000.parquet       complete output shards
-//!   .part-00003.parquet.tmp-<pid>   a shard being written (never read)
+//!   .part-00003.parquet.tmp-<host>-<pid>   a shard being written (never read;
+//!                            open() removes those of dead writers)
 //!   journal/part-00000.json  one completion record per shard: the source of truth
 //! ```
 //!
@@ -175,6 +176,8 @@ impl StageDir {
         overwrite: bool,
     ) -> Result<(Self, Opened), CoreError> {
         fs::create_dir_all(dir.join(JOURNAL_DIR)).map_err(|e| CoreError::io(dir, e))?;
+        clear_stale_temporaries(dir)?;
+        clear_stale_temporaries(&dir.join(JOURNAL_DIR))?;
         let wanted = spec.manifest()?;
         let mut opened = Opened::Resumed;
         let existing = match read_manifest(dir)? {
@@ -516,6 +519,64 @@ fn create_new(path: &Path, contents: &str) -> Result<bool, CoreError> {
     Ok(created)
 }
 
+/// A temporary whose writer cannot finish it any more: `.NAME.tmp-HOST-PID`
+/// written on this host by a process that is gone, or a manifest or journal
+/// temporary (a write of milliseconds) older than [`STALE_AFTER_SECS`] from
+/// any host. A shard temporary of a live process on another node may be
+/// hours into its write, so only its own shard's redo removes it.
+fn is_stale_temporary(name: &str, age_secs: Option<u64>, this_host: Option<&str>) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let Some((target, suffix)) = rest.split_once(".tmp-") else {
+        return false;
+    };
+    let Some((host, pid)) = suffix.rsplit_once('-') else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    if this_host == Some(host) && !process_alive(pid) {
+        return true;
+    }
+    let small = !(target.starts_with("part-") && target.ends_with(".parquet"));
+    small && age_secs.is_some_and(|a| a >= STALE_AFTER_SECS)
+}
+
+/// Age past which a manifest or journal temporary from another host is
+/// taken as left by a killed process.
+pub const STALE_AFTER_SECS: u64 = 3600;
+
+fn process_alive(pid: u32) -> bool {
+    pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes the temporaries in `dir` that killed processes left behind (a
+/// kill between a manifest's write and its rename, for one), so a rerun
+/// leaves nothing behind however the last one ended.
+fn clear_stale_temporaries(dir: &Path) -> Result<(), CoreError> {
+    let host = hostname();
+    let now = std::time::SystemTime::now();
+    for entry in fs::read_dir(dir).map_err(|e| CoreError::io(dir, e))? {
+        let entry = entry.map_err(|e| CoreError::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') || !name.contains(".tmp-") {
+            continue;
+        }
+        let age = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|m| now.duration_since(m).ok())
+            .map(|d| d.as_secs());
+        if is_stale_temporary(&name, age, host.as_deref()) {
+            remove_if_exists(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn tmp_sibling(path: &Path) -> PathBuf {
     let name = path
         .file_name()
@@ -647,6 +708,51 @@ mod tests {
         assert_eq!(how, Opened::Overwritten);
         let (m, _) = StageDir::inspect(&dir).unwrap().unwrap();
         assert_eq!(m.config["shard_size"], 8);
+    }
+
+    #[test]
+    fn open_removes_temporaries_of_dead_writers_and_keeps_live_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        StageDir::open(&dir, &spec(4, "aaaa"), false).unwrap();
+        let host = tmp_suffix().rsplit_once('-').unwrap().0.to_string();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let live = std::process::id();
+        let stale = [
+            format!(".manifest.json.tmp-{host}-{dead}"),
+            format!("journal/.part-00001.json.tmp-{host}-{dead}"),
+            format!(".part-00002.parquet.tmp-{host}-{dead}"),
+        ];
+        let kept = [
+            format!(".manifest.json.tmp-{host}-{live}"),
+            // Another node's writer may be alive: its shard is left to the redo.
+            format!(".part-00002.parquet.tmp-othernode-{dead}"),
+            format!(".manifest.json.tmp-othernode-{dead}"),
+            "notes.txt".to_string(),
+        ];
+        for name in stale.iter().chain(&kept) {
+            fs::write(dir.join(name), b"half").unwrap();
+        }
+        StageDir::open(&dir, &spec(4, "aaaa"), false).unwrap();
+        for name in &stale {
+            assert!(!dir.join(name).exists(), "{name} left behind");
+        }
+        for name in &kept {
+            assert!(dir.join(name).exists(), "{name} removed");
+        }
+        // An hour-old manifest temporary of another host is stale too; a shard's is not.
+        assert!(is_stale_temporary(
+            &format!(".manifest.json.tmp-othernode-{dead}"),
+            Some(STALE_AFTER_SECS),
+            Some(&host)
+        ));
+        assert!(!is_stale_temporary(
+            &format!(".part-00002.parquet.tmp-othernode-{dead}"),
+            Some(10 * STALE_AFTER_SECS),
+            Some(&host)
+        ));
     }
 
     #[test]
