@@ -256,6 +256,51 @@ fn bench_fetch(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Result
     Ok(())
 }
 
+/// The files under `input` that decode as images, sorted by path, with
+/// their bytes. Others (a README, a corrupt JPEG, `placements-*.json` a
+/// previous run wrote) are named once and left out: a bench times the
+/// model's work, and the stages' own handling of bad files is theirs.
+fn photos(
+    input: &Path,
+    limits: &curate_vision::Limits,
+) -> anyhow::Result<(Vec<PathBuf>, Vec<Vec<u8>>)> {
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(input)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
+    files.sort();
+    let mut kept = (Vec::new(), Vec::new());
+    let mut skipped = Vec::new();
+    for f in files {
+        let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+        match curate_vision::decode(&bytes, limits) {
+            Ok(_) => {
+                kept.0.push(f);
+                kept.1.push(bytes);
+            }
+            Err(e) => skipped.push(format!("{} ({e})", f.display())),
+        }
+    }
+    if !skipped.is_empty() {
+        let shown: Vec<&str> = skipped.iter().take(3).map(String::as_str).collect();
+        println!(
+            "skipped {} file(s) that are not decodable images: {}{}",
+            skipped.len(),
+            shown.join(", "),
+            if skipped.len() > 3 { ", …" } else { "" }
+        );
+    }
+    anyhow::ensure!(
+        !kept.0.is_empty(),
+        "no decodable images under {} ({} other files)",
+        input.display(),
+        skipped.len()
+    );
+    Ok(kept)
+}
+
 /// Image bytes stored by a fetch stage directory.
 fn fetch_bytes(dir: &Path) -> anyhow::Result<u64> {
     let mut total = 0;
@@ -311,14 +356,9 @@ fn bench_embed(args: &BenchArgs, input: &Path, scratch: &Path) -> anyhow::Result
     });
     let files = curate_onnx::vision::ModelFiles::resolve(&model, super::embed::CLIP_CANDIDATES)?;
     let spec = files.pixel_spec(PixelSpec::clip())?;
-    let blobs: Vec<Vec<u8>> = walkdir::WalkDir::new(input)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| std::fs::read(e.path()))
-        .collect::<Result<_, _>>()?;
-    let n = blobs.len() as f64;
     let limits = curate_vision::Limits::default();
+    let (_, blobs) = photos(input, &limits)?;
+    let n = blobs.len() as f64;
     let tables = spec.tables();
     let (h, w) = spec
         .fixed_hw()
@@ -631,23 +671,17 @@ fn bench_caption(args: &BenchArgs, input: &Path) -> anyhow::Result<()> {
         &curate_onnx::session::ModelOptions::default(),
     )?;
     model.gen.max_new_tokens = 20;
-    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(input)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| e.into_path())
-        .collect();
-    files.sort();
+    let (mut files, mut blobs) = photos(input, &curate_vision::Limits::default())?;
     files.truncate(32);
+    blobs.truncate(32);
     let spec = model.spec.clone();
     let tables = spec.tables();
     let (h, w) = spec.fixed_hw().context("fixed size")?;
     let plane = (3 * h * w) as usize;
     let mut pixels = Vec::with_capacity(files.len() * plane);
-    for f in &files {
-        let bytes = std::fs::read(f)?;
+    for bytes in &blobs {
         let loaded = load_rgb(
-            &bytes,
+            bytes,
             &curate_vision::Limits::default(),
             &spec,
             DecodeScale::Reduced,
@@ -712,16 +746,9 @@ fn bench_latents(args: &BenchArgs, input: &Path) -> anyhow::Result<()> {
     use curate_vision::buckets::{self, Resolution};
     use curate_vision::preprocess::{load_rgb_for, DecodeScale};
     use sha2::Digest;
-    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(input)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "jpg"))
-        .map(|e| e.into_path())
-        .collect();
-    files.sort();
-    let blobs: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
-    let n = blobs.len() as f64;
     let limits = curate_vision::Limits::default();
+    let (files, blobs) = photos(input, &limits)?;
+    let n = blobs.len() as f64;
     for stage in [Resolution::S256, Resolution::S512] {
         let key_of = |i: usize| format!("{i:016x}");
         // Decode + resize + crop + to-float ([-1, 1], CHW), as encode-latents prepares a crop.

@@ -99,12 +99,14 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<curate_gen::train::TrainSummary> 
         }
     })?;
     tracing::info!(
-        "train: steps {}..{}, {} parameters, loss {:?} → {:?}",
+        "train: steps {}..{}, {} parameters, loss {}",
         summary.start_step,
         summary.end_step,
         summary.params,
-        summary.first_loss,
-        summary.last_loss
+        match (summary.first_loss, summary.last_loss) {
+            (Some(a), Some(b)) => format!("{a:.4} → {b:.4}"),
+            _ => "none (no step ran)".to_string(),
+        }
     );
     Ok(summary)
 }

@@ -379,3 +379,39 @@ fn bench_scale_runs_every_part_and_dedup_finds_the_planted_copies() {
     assert!(extra("loader")["steps"].as_u64().unwrap() > 0);
     assert!(tmp.path().join("work/report/index.html").exists());
 }
+
+/// `bench --dir` on a user's folder: files that are not images (a text
+/// file, a truncated JPEG, an HTML page named .jpg) are named and left out
+/// of the timing instead of panicking, and the stage run end to end gives
+/// them rows as it would in production.
+#[test]
+fn bench_dir_skips_files_that_are_not_images() {
+    let dir = fixtures_images();
+    let r = run(curate().args(["bench", "embed", "--dir"]).arg(&dir));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let skipped = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("skipped "))
+        .unwrap_or_else(|| panic!("no skipped line in\n{}", r.stdout));
+    let n: usize = skipped.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(n >= 3, "{skipped}");
+    let photos = image_files(&dir.join("photos")).len();
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("preprocessing ("))
+        .unwrap_or_else(|| panic!("no preprocessing line in\n{}", r.stdout));
+    let timed: usize = line["preprocessing (".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(timed >= photos, "{line}: {photos} fixture photos");
+    assert!(
+        r.stdout.contains("embed end to end (--decode-scale full"),
+        "{}",
+        r.stdout
+    );
+}

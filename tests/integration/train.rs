@@ -99,6 +99,15 @@ fn sigkill_after_a_checkpoint_then_resume_repeats_the_losses() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let want = losses(&reference);
     assert_eq!(want.len(), 12);
+    // The summary line gives the first and last loss as numbers.
+    let first = f32::from_bits(want[0].1);
+    let last = f32::from_bits(want[11].1);
+    let summary = format!("loss {first:.4} → {last:.4}");
+    assert!(
+        r.stderr.contains(&summary),
+        "no {summary:?} in {}",
+        r.stderr
+    );
 
     // The step to die at: a random checkpoint (3, 6 or 9), named in the output.
     let nanos = std::time::SystemTime::now()
