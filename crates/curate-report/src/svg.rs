@@ -303,20 +303,41 @@ pub fn grouped_bars(
             .enumerate()
             .map(|(j, s)| (format!("s{j}"), s.0.to_string()))
             .collect::<Vec<_>>(),
+        Key::Bar,
     );
     x_label(&mut out, x_name);
     out.push_str("</svg>");
     out
 }
 
-fn legend(out: &mut String, items: &[(String, String)]) {
+/// How a legend shows its series: a square of the bar's fill, or a stroke
+/// of the line's. The key carries the series' own classes, so it takes its
+/// colour from the same CSS rule as what it names.
+#[derive(Clone, Copy)]
+enum Key {
+    Bar,
+    Line,
+}
+
+fn legend(out: &mut String, items: &[(String, String)], key: Key) {
     let mut x = W - MR;
     for (class, name) in items.iter().rev() {
         let w = 16.0 + 6.5 * name.chars().count() as f64;
         x -= w + 8.0;
+        let _ = match key {
+            Key::Bar => write!(
+                out,
+                r#"<g class="legend"><rect class="bar {class}" x="{x:.1}" y="4" width="10" height="10"/>"#
+            ),
+            Key::Line => write!(
+                out,
+                r#"<g class="legend"><path class="line {class}" d="M{x:.1},9H{:.1}"/>"#,
+                x + 10.0
+            ),
+        };
         let _ = write!(
             out,
-            r#"<g class="legend"><rect class="bar {class}" x="{x:.1}" y="4" width="10" height="10"/><text class="tick" x="{:.1}" y="13">{}</text></g>"#,
+            r#"<text class="tick" x="{:.1}" y="13">{}</text></g>"#,
             x + 14.0,
             esc(name)
         );
@@ -507,6 +528,7 @@ pub fn lines(
             .iter()
             .map(|s| (s.class.to_string(), s.name.clone()))
             .collect::<Vec<_>>(),
+        Key::Line,
     );
     x_label(&mut out, x_name);
     out.push_str("</svg>");
@@ -560,6 +582,41 @@ mod tests {
         assert_eq!(tick_label(5.0, 2.5), "5");
         assert_eq!(tick_label(0.9, 0.01), "0.9");
         assert_eq!(tick_label(12000.0, 2000.0), "12,000");
+    }
+
+    /// The loss chart's legend once showed an orange square for a red line:
+    /// each line's key is now a stroke with the line's own classes, and the
+    /// stylesheet colours `.line.sN` with no rule that tells a legend's apart.
+    #[test]
+    fn a_line_legend_key_has_the_classes_of_its_line() {
+        let series: Vec<Line> = ["loss (raw)", "loss (EMA)", "validation"]
+            .iter()
+            .zip(["s0", "s1", "s2"])
+            .map(|(name, class)| Line {
+                name: name.to_string(),
+                class,
+                points: vec![(1.0, 2.0), (2.0, 1.5), (3.0, 1.2)],
+            })
+            .collect();
+        let svg = lines("loss", "Loss", "step", "loss", &series, &[]);
+        for l in &series {
+            let path = format!(r#"<path class="line {}" d="M"#, l.class);
+            assert!(svg.contains(&path), "no line {} in {svg}", l.class);
+            let key = format!(r#"<g class="legend"><path class="line {}" "#, l.class);
+            let at = svg
+                .find(&key)
+                .unwrap_or_else(|| panic!("no key {key} in {svg}"));
+            let text = &svg[at..svg[at..].find("</g>").unwrap() + at];
+            assert!(text.contains(&esc(&l.name)), "{text}");
+        }
+        let css = crate::html::STYLE;
+        assert!(!css.contains(".legend .line"), "a legend-only line rule");
+        for class in ["s0", "s1", "s2"] {
+            assert!(
+                css.contains(&format!("svg .line.{class}{{stroke:")),
+                "{class}"
+            );
+        }
     }
 
     #[test]
