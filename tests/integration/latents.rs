@@ -1,7 +1,8 @@
 //! `curate encode-latents` / `decode-latents`: selection, placement,
 //! row groups by bucket, resume after SIGKILL, shard splits, bad records
-//! and bad configurations. The VAE's numbers against diffusers are checked
-//! in curate-gen's `vae_reference` test; the demo run's latents (selection
+//! and bad configurations; the stored latents end to end against Pillow +
+//! diffusers (`latents_equal_pillow_and_diffusers_…`). The VAE alone against
+//! diffusers is curate-gen's `vae_reference` test; the demo run's latents (selection
 //! joined with keep list, scores and captions) in `check_demo_latents`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -448,4 +449,183 @@ pub fn check_demo_latents(work: &Path) {
             "{dir}: the mix picks several tasks: {tasks:?}"
         );
     }
+}
+
+/// One row of `fixtures/gen/latents_reference.parquet`: what Pillow and
+/// diffusers make of a photo at the placement the stage chose.
+struct Reference {
+    stage: u16,
+    source: String,
+    sha256: String,
+    key: String,
+    orig: (u32, u32),
+    resized: (u32, u32),
+    crop: (u32, u32),
+    bucket: (u32, u32),
+    latent: Vec<f32>,
+}
+
+fn latents_reference() -> (Vec<Reference>, BTreeMap<String, PathBuf>) {
+    let path = repo().join("fixtures/gen/latents_reference.parquet");
+    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
+    let meta = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .unwrap();
+    let origins = &meta.iter().find(|kv| kv.key == "origins").unwrap().value;
+    let origins: BTreeMap<String, String> =
+        serde_json::from_str(origins.as_ref().unwrap()).unwrap();
+    let origins = origins
+        .into_iter()
+        .map(|(name, p)| {
+            let p = PathBuf::from(p);
+            (name, if p.is_absolute() { p } else { repo().join(p) })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for b in builder.build().unwrap() {
+        let b = b.unwrap();
+        let u32s = |name: &str| {
+            b.column_by_name(name)
+                .unwrap()
+                .as_primitive::<UInt32Type>()
+                .clone()
+        };
+        let strs = |name: &str| b.column_by_name(name).unwrap().as_string::<i32>().clone();
+        let stage = b
+            .column_by_name("stage")
+            .unwrap()
+            .as_primitive::<arrow_array::types::UInt16Type>()
+            .clone();
+        let (source, sha, key) = (strs("source"), strs("sha256"), strs("key"));
+        let (ow, oh, rw, rh) = (
+            u32s("orig_width"),
+            u32s("orig_height"),
+            u32s("resized_width"),
+            u32s("resized_height"),
+        );
+        let (cl, ct, bw, bh) = (
+            u32s("crop_left"),
+            u32s("crop_top"),
+            u32s("bucket_w"),
+            u32s("bucket_h"),
+        );
+        let lat = b
+            .column_by_name("latent_f16")
+            .unwrap()
+            .as_binary::<i32>()
+            .clone();
+        for i in 0..b.num_rows() {
+            out.push(Reference {
+                stage: stage.value(i),
+                source: source.value(i).to_string(),
+                sha256: sha.value(i).to_string(),
+                key: key.value(i).to_string(),
+                orig: (ow.value(i), oh.value(i)),
+                resized: (rw.value(i), rh.value(i)),
+                crop: (cl.value(i), ct.value(i)),
+                bucket: (bh.value(i), bw.value(i)),
+                latent: lat
+                    .value(i)
+                    .chunks(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            });
+        }
+    }
+    (out, origins)
+}
+
+/// encode-latents end to end, with its defaults (exact decode, bf16
+/// storage), against Pillow (EXIF transpose, RGB, bicubic resize, crop) and
+/// diffusers' `AutoencoderKL.encode(...).latent_dist.mean` shifted and
+/// scaled, on the tiny FLUX VAE: both stages, four stage-512 buckets, fixture
+/// photos (grey, EXIF-rotated, upscaled) and real ones from Debian's
+/// opencv-doc. Recorded by `fixtures/gen/make_latents_reference.py`.
+#[test]
+fn latents_equal_pillow_and_diffusers_for_both_stages_and_several_buckets() {
+    let (reference, origins) = latents_reference();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for (name, from) in &origins {
+        let bytes = std::fs::read(from).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; the opencv-doc photos come from Debian's opencv-doc (apt-get install opencv-doc, as .ci/run does)",
+                from.display()
+            )
+        });
+        let want = &reference.iter().find(|r| &r.source == name).unwrap().sha256;
+        assert_eq!(
+            &curate_core::hash::sha256_hex(&bytes),
+            want,
+            "{} is not the file the reference was recorded from",
+            from.display()
+        );
+        let to = src.join(name);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(&to, bytes).unwrap();
+    }
+    let images = tmp.path().join("images");
+    // `--store original`: with `auto`, ingest re-encodes an EXIF-rotated
+    // JPEG upright at q95 and the stage would encode that copy (its latents
+    // are then up to 0.52 off the reference, against 4e-3 for the others).
+    // The rotation itself is the decoder's here, as it is Pillow's.
+    assert_eq!(ingest(&src, &images, &["--store", "original"]).code, 0);
+    let mut compared = BTreeMap::new();
+    for stage in ["256", "512"] {
+        let out = tmp.path().join(format!("latents-{stage}"));
+        let r = run(curate()
+            .arg("encode-latents")
+            .arg(&images)
+            .arg("-o")
+            .arg(&out)
+            .args(["--stage", stage, "--vae"])
+            .arg(vae())
+            .args(["--max-upscale", "4"]));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let rows = by_key(read_latents(&out));
+        for want in reference.iter().filter(|w| w.stage.to_string() == stage) {
+            let got = &rows[&want.key];
+            let what = format!("stage {stage} {}", want.source);
+            assert_eq!(got.status, "ok", "{what}: {got:?}");
+            assert_eq!(
+                (got.orig, got.resized, got.crop, got.bucket),
+                (
+                    Some(want.orig),
+                    Some(want.resized),
+                    Some(want.crop),
+                    Some(want.bucket)
+                ),
+                "{what}: placement"
+            );
+            let vals: Vec<f32> = got
+                .latent
+                .as_ref()
+                .unwrap()
+                .chunks(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect();
+            assert_eq!(vals.len(), want.latent.len(), "{what}");
+            // bf16 keeps 8 significant bits: rounding moves a value by at
+            // most 2^-9 of itself; allow twice that plus the f32 compute
+            // difference between candle and torch.
+            let mut worst = 0f32;
+            for (a, b) in vals.iter().zip(&want.latent) {
+                let excess = (a - b).abs() - (2f32.powi(-8) * b.abs() + 2e-4);
+                worst = worst.max((a - b).abs());
+                assert!(excess <= 0.0, "{what}: {a} vs reference {b}");
+            }
+            eprintln!("{what}: max |Δ| {worst:.2e}");
+            *compared.entry(stage).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(compared.values().sum::<usize>(), reference.len());
+    assert!(compared["256"] >= 5 && compared["512"] >= 5, "{compared:?}");
+    let buckets: HashSet<(u32, u32)> = reference
+        .iter()
+        .filter(|r| r.stage == 512)
+        .map(|r| r.bucket)
+        .collect();
+    assert!(buckets.len() >= 4, "{buckets:?}");
 }

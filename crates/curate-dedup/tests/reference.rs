@@ -298,7 +298,11 @@ fn partitioned_rounds_converge_to_a_set_without_neighbours() {
         // Each planted copy is a step of cos ≈ 0.99 from the last, inside
         // eps: the partitioned rounds must put every pair in one cluster.
         assert!(planted_pairs.len() > 500);
-        assert_eq!(together, planted_pairs.len(), "{rule:?}: planted pairs split");
+        assert_eq!(
+            together,
+            planted_pairs.len(),
+            "{rule:?}: planted pairs split"
+        );
     }
 }
 
