@@ -130,19 +130,12 @@ fn embeddings_match_transformers_on_every_photo() {
     );
     let emb = tmp.path().join("emb");
     // Batches of 5 over shards of 8: full and partial batches both run.
-    let r = embed(
-        &images,
-        &emb,
-        &[
-            "--dtype",
-            "f32",
-            "--batch-size",
-            "5",
-            "--decode-scale",
-            "full",
-        ],
-    );
+    // No --decode-scale: the default is the exact decode.
+    let r = embed(&images, &emb, &["--dtype", "f32", "--batch-size", "5"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(emb.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["config"]["decode_scale"], "full", "{manifest}");
     let ours = by_path(&images, &emb);
     let reference = reference();
     assert_eq!(ours.len(), reference.len());
