@@ -225,6 +225,77 @@ fn dedup_of_the_fixture_photos_joins_the_rescaled_copies() {
     );
 }
 
+/// Real photos with real near-duplicates (opencv-doc's stereo pairs, an
+/// edited copy, video frames): ingest → embed (the tiny CLIP) → dedup gives
+/// the partition scikit-learn's DBSCAN gives on transformers' embeddings of
+/// the same files (`fixtures/dedup/make_opencv_reference.py`, eps chosen with
+/// no pair's cosine within 8e-4 of it).
+#[test]
+fn dedup_of_real_photos_equals_sklearn_on_the_transformers_embeddings() {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("fixtures/dedup/opencv_photos.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = Path::new(reference["directory"].as_str().unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut want: BTreeMap<String, i64> = BTreeMap::new();
+    for p in reference["photos"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        let bytes = std::fs::read(dir.join(name)).unwrap_or_else(|e| {
+            panic!("{name}: {e}; install Debian's opencv-doc (apt-get install opencv-doc, as .ci/run does)")
+        });
+        assert_eq!(
+            curate_core::hash::sha256_hex(&bytes),
+            p["sha256"].as_str().unwrap(),
+            "{name} is not the file the reference was recorded from"
+        );
+        std::fs::write(src.join(name), bytes).unwrap();
+        want.insert(name.to_string(), p["label"].as_i64().unwrap());
+    }
+    let images = tmp.path().join("images");
+    ingest(&src, &images, &[]);
+    let emb = tmp.path().join("emb");
+    assert_eq!(embed(&images, &emb, &["--dtype", "f32"]).code, 0);
+    let out = tmp.path().join("dedup");
+    let eps = reference["eps"].as_f64().unwrap().to_string();
+    let r = dedup(&emb, &out, &["--eps", &eps]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let source_of: BTreeMap<String, String> = read_images(&images)
+        .into_iter()
+        .map(|r| (r.key, r.source))
+        .collect();
+    let got: BTreeMap<String, Option<i64>> = read_clusters(&out)
+        .rows
+        .into_iter()
+        .map(|(key, row)| (source_of[&key].clone(), row.0))
+        .collect();
+    assert_eq!(got.len(), want.len(), "one row per photo");
+    // The same partition: noise is noise, and two photos share a cluster
+    // in one exactly when they share it in the other.
+    let names: Vec<&String> = want.keys().collect();
+    for a in &names {
+        assert_eq!(got[*a].is_none(), want[*a] < 0, "{a}: noise in one only");
+        for b in &names {
+            if a < b && want[*a] >= 0 {
+                assert_eq!(
+                    got[*a].is_some() && got[*a] == got[*b],
+                    want[*a] == want[*b],
+                    "{a} and {b}"
+                );
+            }
+        }
+    }
+    let clusters = reference["clusters"].as_u64().unwrap();
+    assert!(clusters >= 3);
+    let distinct: std::collections::BTreeSet<i64> = got.values().flatten().copied().collect();
+    assert_eq!(distinct.len() as u64, clusters);
+    // The edited copy and a stereo pair are among them.
+    assert_eq!(got["ela_original.jpg"], got["ela_modified.jpg"]);
+    assert!(got["aloeL.jpg"].is_some() && got["aloeL.jpg"] == got["aloeR.jpg"]);
+}
+
 fn synthetic(tmp: &Path, n: usize) -> std::path::PathBuf {
     let emb = tmp.join("emb");
     write_embeddings(&emb, &planted(n, 32));
