@@ -272,6 +272,26 @@ fn dedup_of_real_photos_equals_sklearn_on_the_transformers_embeddings() {
         .map(|(key, row)| (source_of[&key].clone(), row.0))
         .collect();
     assert_eq!(got.len(), want.len(), "one row per photo");
+    // The embeddings themselves equal transformers' on these real photos.
+    let stored: BTreeMap<String, Vec<f32>> = crate::embed::read_embeddings(&emb)
+        .into_iter()
+        .map(|r| (source_of[&r.key].clone(), r.embedding.unwrap()))
+        .collect();
+    let mut worst = 1f64;
+    for p in reference["photos"].as_array().unwrap() {
+        let v = &stored[p["name"].as_str().unwrap()];
+        let w: Vec<f64> = p["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let dot: f64 = v.iter().zip(&w).map(|(a, b)| *a as f64 * b).sum();
+        let norm: f64 = v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        worst = worst.min(dot / norm);
+    }
+    eprintln!("lowest cosine to transformers on the opencv-doc photos: {worst:.9}");
+    assert!(worst >= 0.99999, "lowest cosine to transformers {worst}");
     // The same partition: noise is noise, and two photos share a cluster
     // in one exactly when they share it in the other.
     let names: Vec<&String> = want.keys().collect();
