@@ -39,11 +39,7 @@ pub fn run(_args: &DoctorArgs) -> anyhow::Result<()> {
 
     println!(
         "JPEG decoding for model inputs: {}",
-        if curate_vision::turbo::available() {
-            "libjpeg-turbo (Pillow's decoder: inputs equal the Hugging Face reference bit for bit)"
-        } else {
-            "jpeg-decoder (libturbojpeg not found: install libturbojpeg0 for bit-exact inputs)"
-        }
+        curate_vision::turbo::describe()
     );
     println!("candle devices:");
     for d in curate_gen::devices() {

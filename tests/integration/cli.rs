@@ -47,6 +47,22 @@ fn doctor_finds_the_pinned_runtime_and_lists_providers() {
     assert!(r.stdout.contains("searched ORT_DYLIB_PATH"), "{}", r.stdout);
     assert!(r.stdout.contains("cpu:"), "{}", r.stdout);
     assert!(r.stdout.contains("images v1"), "{}", r.stdout);
+    // The decoder model inputs go through, named; off, the fallback says so.
+    if std::env::var_os("CURATE_REQUIRE_TURBOJPEG").is_some() {
+        assert!(
+            r.stdout
+                .contains("JPEG decoding for model inputs: libjpeg-turbo (libturbojpeg"),
+            "{}",
+            r.stdout
+        );
+    }
+    let off = run(curate().arg("doctor").env("CURATE_TURBOJPEG", "off"));
+    assert!(
+        off.stdout
+            .contains("JPEG decoding for model inputs: jpeg-decoder (libturbojpeg not found"),
+        "{}",
+        off.stdout
+    );
 }
 
 #[test]

@@ -136,6 +136,15 @@ fn embeddings_match_transformers_on_every_photo() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(emb.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["config"]["decode_scale"], "full", "{manifest}");
+    // The stage's first line names the decoder and the decode scale.
+    let first = r.stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("embed: JPEG decoding: ") && first.ends_with("--decode-scale full"),
+        "{first}"
+    );
+    if std::env::var_os("CURATE_REQUIRE_TURBOJPEG").is_some() {
+        assert!(first.contains("JPEG decoding: libjpeg-turbo ("), "{first}");
+    }
     let ours = by_path(&images, &emb);
     let reference = reference();
     assert_eq!(ours.len(), reference.len());

@@ -45,12 +45,15 @@ pub struct PixelJob {
 }
 
 impl PixelJob {
-    /// The job and its decoding pool.
+    /// The job and its decoding pool. Logs the stage's first line: which
+    /// JPEG decoder and decode scale its model inputs go through.
     pub fn new(
+        stage: &str,
         settings: &DecodeSettings,
         spec: PixelSpec,
         only: Option<Arc<HashSet<String>>>,
     ) -> Result<(PixelJob, rayon::ThreadPool)> {
+        log_decoder(stage, settings.scale);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(settings.threads)
             .build()
@@ -67,6 +70,18 @@ impl PixelJob {
         };
         Ok((job, pool))
     }
+}
+
+/// `STAGE: JPEG decoding: <decoder>, --decode-scale <scale>`.
+pub fn log_decoder(stage: &str, scale: DecodeScale) {
+    tracing::info!(
+        "{stage}: JPEG decoding: {}, --decode-scale {}",
+        curate_vision::turbo::describe(),
+        match scale {
+            DecodeScale::Full => "full",
+            DecodeScale::Reduced => "reduced",
+        }
+    );
 }
 
 /// One batch: every input row in order, and the model input of the good ones.

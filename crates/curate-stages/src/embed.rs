@@ -90,7 +90,7 @@ impl Embed {
             "decode_scale": settings.onnx.decode.scale,
             "max_pixels": settings.onnx.decode.max_pixels,
         });
-        let (job, pool) = PixelJob::new(&settings.onnx.decode, spec, None)?;
+        let (job, pool) = PixelJob::new("embed", &settings.onnx.decode, spec, None)?;
         let dim = model.dim.context("the model's output width is unknown")?;
         let meta = EmbeddingsMeta {
             model: model_id,

@@ -124,7 +124,7 @@ impl Score {
                     "decode_scale": onnx.decode.scale,
                     "max_pixels": onnx.decode.max_pixels,
                 });
-                let (job, pool) = PixelJob::new(&onnx.decode, spec, None)?;
+                let (job, pool) = PixelJob::new("score", &onnx.decode, spec, None)?;
                 let schema = scores::arrow_schema(&model_id, "pixels", &bands)?;
                 Ok(Score {
                     upstream,

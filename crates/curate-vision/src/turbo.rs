@@ -38,6 +38,8 @@ struct Api {
     ) -> c_int,
     error: unsafe extern "C" fn(Handle) -> *mut c_char,
     destroy: unsafe extern "C" fn(Handle) -> c_int,
+    /// The name it was loaded by.
+    name: String,
 }
 
 const TJPF_RGB: c_int = 0;
@@ -79,6 +81,7 @@ fn load() -> Option<Api> {
                     decompress: *lib.get(b"tjDecompress2\0")?,
                     error: *lib.get(b"tjGetErrorStr2\0")?,
                     destroy: *lib.get(b"tjDestroy\0")?,
+                    name: name.to_string_lossy().into_owned(),
                     _lib: lib,
                 })
             })()
@@ -98,6 +101,20 @@ fn api() -> Option<&'static Api> {
 /// True when libjpeg-turbo was found.
 pub fn available() -> bool {
     api().is_some()
+}
+
+/// The JPEG decoder model inputs go through, in words, for `doctor` and
+/// the first log line of an image-model stage.
+pub fn describe() -> String {
+    match api() {
+        Some(api) => format!(
+            "libjpeg-turbo ({}; Pillow's decoder: inputs equal the Hugging Face reference bit for bit)",
+            api.name
+        ),
+        None => "jpeg-decoder (libturbojpeg not found: inputs differ from Pillow's by up to a few levels; \
+                 install libturbojpeg0 or set CURATE_TURBOJPEG)"
+            .to_string(),
+    }
 }
 
 struct Decompressor(Handle);

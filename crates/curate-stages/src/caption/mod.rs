@@ -105,7 +105,12 @@ impl CaptionStage {
             max_new_tokens: model.max_new_tokens(),
             tasks: tasks.clone(),
         })?;
-        let (job, pool) = PixelJob::new(&settings.decode, model.pixel_spec().clone(), only)?;
+        let (job, pool) = PixelJob::new(
+            "caption",
+            &settings.decode,
+            model.pixel_spec().clone(),
+            only,
+        )?;
         Ok(CaptionStage {
             upstream,
             model,

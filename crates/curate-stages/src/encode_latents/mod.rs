@@ -101,6 +101,7 @@ impl EncodeLatents {
     /// Opens the image stage, loads the VAE and selects the training set.
     pub fn open(settings: &EncodeLatentsSettings) -> Result<EncodeLatents> {
         let s = settings;
+        curate_stage::pixels::log_decoder("encode-latents", s.decode_scale);
         let upstream = Upstream::open(&s.input, &["images"])?;
         let weights = curate_gen::vae::resolve_weights(&s.vae).context("--vae")?;
         let device = curate_gen::device(&s.device).map_err(StageError::other)?;
