@@ -401,3 +401,55 @@ fn adamw_with_groups_clipping_schedule_and_ema_equals_torch_for_20_steps() {
         }
     }
 }
+
+/// Patchify against torch's `pixel_unshuffle` (tokens in grid order) and
+/// back; 2D RoPE tables against diffusers' `get_1d_rotary_pos_embed` per
+/// axis, and the rotation against its `apply_rotary_emb` (rotate-half):
+/// `fixtures/gen/dit_blocks_reference.json`.
+#[test]
+fn patchify_and_rope_equal_torch_pixel_unshuffle_and_diffusers_rotary_helpers() {
+    let r = read_ref("dit_blocks_reference.json");
+    let dev = Device::Cpu;
+    for c in r["patchify"].as_array().unwrap() {
+        let s: Vec<usize> = c["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let p = c["p"].as_u64().unwrap() as usize;
+        let x = Tensor::from_vec(floats(&c["x"]), (s[0], s[1], s[2], s[3]), &dev).unwrap();
+        let tokens = curate_gen::dit::patchify(&x, p).unwrap();
+        assert_eq!(
+            tokens.dims(),
+            &[s[0], (s[2] / p) * (s[3] / p), s[1] * p * p]
+        );
+        assert_eq!(
+            max_abs_diff(&tokens, &floats(&c["tokens"])),
+            0.0,
+            "{s:?} p {p}"
+        );
+        let back = curate_gen::dit::unpatchify(&tokens, s[1], s[2] / p, s[3] / p, p).unwrap();
+        assert_eq!(max_abs_diff(&back, &floats(&c["x"])), 0.0);
+    }
+    let cases = r["rope"].as_array().unwrap();
+    assert_eq!(cases.len(), 2);
+    for c in cases {
+        let u = |k: &str| c[k].as_u64().unwrap() as usize;
+        let (prefix, h, w, hd) = (u("prefix"), u("h"), u("w"), u("hd"));
+        let theta = c["theta"].as_f64().unwrap();
+        let (cos, sin) = curate_gen::dit::rope_tables(prefix, h, w, hd, theta, &dev).unwrap();
+        assert!(
+            max_abs_diff(&cos, &floats(&c["cos"])) <= 1e-6,
+            "cos {prefix} {h}×{w} hd {hd}"
+        );
+        assert!(
+            max_abs_diff(&sin, &floats(&c["sin"])) <= 1e-6,
+            "sin {prefix} {h}×{w} hd {hd}"
+        );
+        let s = prefix + h * w;
+        let x = Tensor::from_vec(floats(&c["x"]), (2, 3, s, hd), &dev).unwrap();
+        let rotated = curate_gen::dit::apply_rope(&x, &(cos, sin)).unwrap();
+        assert!(max_rel_diff(&rotated, &floats(&c["rotated"])) <= 1e-5);
+    }
+}
