@@ -6,6 +6,7 @@
 //! blocks; AdamW, its schedule and EMA against torch; the sampler's sigmas
 //! against diffusers.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
@@ -457,6 +458,35 @@ fn patchify_and_rope_equal_torch_pixel_unshuffle_and_diffusers_rotary_helpers() 
     }
 }
 
+/// `got` within 1e-4 of the largest |value| of the reference tensor `name`.
+fn near_reference(t: &HashMap<String, Tensor>, got: &Tensor, name: &str) {
+    let want: Vec<f32> = t[name].flatten_all().unwrap().to_vec1().unwrap();
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = max_abs_diff(got, &want);
+    assert!(
+        diff <= 1e-4 * scale,
+        "{name}: max |Δ| {diff} of max {scale}"
+    );
+}
+
+/// Every one of the `count` parameters in `vm` has a gradient, near the
+/// reference's `grad.NAME`.
+fn every_gradient_near_reference(
+    t: &HashMap<String, Tensor>,
+    vm: &VarMap,
+    grads: &candle_core::backprop::GradStore,
+    count: usize,
+) {
+    let vars = vm.data().lock().unwrap();
+    assert_eq!(vars.len(), count, "every parameter");
+    for (name, var) in vars.iter() {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        near_reference(t, g, &format!("grad.{name}"));
+    }
+}
+
 /// One DiT block against the same block put together from torch's modules
 /// (`nn.RMSNorm`, `F.scaled_dot_product_attention` with the key mask,
 /// diffusers' `apply_rotary_emb`, SwiGLU, adaLN): output, and for
@@ -491,27 +521,11 @@ fn one_block_forward_and_every_gradient_equal_torch() {
     let out = block
         .forward(x.as_tensor(), &t["input.c_act"], &rope, Some(&bias))
         .unwrap();
-    let close = |got: &Tensor, name: &str| {
-        let want: Vec<f32> = t[name].flatten_all().unwrap().to_vec1().unwrap();
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = max_abs_diff(got, &want);
-        assert!(
-            diff <= 1e-4 * scale,
-            "{name}: max |Δ| {diff} of max {scale}"
-        );
-    };
-    close(&out, "output");
+    near_reference(&t, &out, "output");
     let loss = (out * &t["input.R"]).unwrap().sum_all().unwrap();
     let grads = loss.backward().unwrap();
-    close(grads.get(x.as_tensor()).unwrap(), "grad.input.x");
-    let vars = vm.data().lock().unwrap();
-    assert_eq!(vars.len(), 15, "every parameter of the block");
-    for (name, var) in vars.iter() {
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for {name}"));
-        close(g, &format!("grad.{name}"));
-    }
+    near_reference(&t, grads.get(x.as_tensor()).unwrap(), "grad.input.x");
+    every_gradient_near_reference(&t, &vm, &grads, 15);
 }
 
 /// The whole tiny DiT (two blocks of 2 and 4 heads: the multi-multi-head
@@ -540,24 +554,8 @@ fn whole_tiny_dit_forward_and_every_gradient_equal_torch() {
             &t["input.text_mask"],
         )
         .unwrap();
-    let close = |got: &Tensor, name: &str| {
-        let want: Vec<f32> = t[name].flatten_all().unwrap().to_vec1().unwrap();
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = max_abs_diff(got, &want);
-        assert!(
-            diff <= 1e-4 * scale,
-            "{name}: max |Δ| {diff} of max {scale}"
-        );
-    };
-    close(&out, "output");
+    near_reference(&t, &out, "output");
     let loss = (out * &t["input.R"]).unwrap().sum_all().unwrap();
     let grads = loss.backward().unwrap();
-    let vars = vm.data().lock().unwrap();
-    assert_eq!(vars.len(), 14 + 2 * 15, "every parameter of the model");
-    for (name, var) in vars.iter() {
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for {name}"));
-        close(g, &format!("grad.{name}"));
-    }
+    every_gradient_near_reference(&t, &vm, &grads, 14 + 2 * 15);
 }
